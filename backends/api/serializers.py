@@ -1,0 +1,42 @@
+from rest_framework import serializers
+
+from backends.models import Backend, BackendType
+
+
+class BackendSerializer(serializers.ModelSerializer):
+    """A backend; ``credentials`` can be written but is never returned (``has_credentials`` tells)."""
+
+    type = serializers.ChoiceField(choices=BackendType.choices)
+    credentials = serializers.JSONField(write_only=True, required=False)
+    has_credentials = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Backend
+        fields = ["name", "type", "config", "credentials", "has_credentials", "status", "status_message",
+                  "created_at", "updated_at"]
+        read_only_fields = ["status", "status_message", "created_at", "updated_at"]
+        # Uniqueness is checked by the service (409), not as a field error.
+        validators = []
+        extra_kwargs = {"name": {"validators": []}}
+
+
+class BackendUpdateSerializer(serializers.Serializer):
+    config = serializers.JSONField(required=False)
+    credentials = serializers.JSONField(required=False, write_only=True)
+
+    def validate(self, attrs):
+        unknown = set(self.initial_data) - set(self.fields)
+        if unknown:
+            raise serializers.ValidationError({k: ["cannot be changed"] for k in sorted(unknown)})
+        return attrs
+
+
+class FaultSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    kind = serializers.CharField(read_only=True)
+    params = serializers.JSONField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+
+
+class TerminatedInstancesSerializer(serializers.Serializer):
+    instances = serializers.ListField(child=serializers.CharField())

@@ -1,0 +1,211 @@
+"""The one interface every backend driver implements, and the typed errors it may raise.
+
+A driver is the control plane's only way to touch a provider. Its guarantees:
+
+* Every method is a single provider call (or a short, bounded sequence of them). Drivers are
+  called outside the control plane's database transactions and never open a long one themselves.
+* Failures are typed: ``NoCapacityError`` (try another offer), ``NotFoundError`` (the provider
+  does not know that id), ``TransientError`` (nothing changed, safe to retry) and ``FatalError``
+  (the request can never succeed as asked). Callers catch ``DriverError`` for "any of them".
+* Repeating a call that already succeeded is harmless where a retry after a lost reply needs it:
+  terminating a terminated instance, deleting a deleted volume, detaching a detached volume and
+  stopping a finished job are no-ops.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from typing import TYPE_CHECKING, ClassVar
+
+from projects.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from backends.models import Backend
+
+
+# --- Errors ------------------------------------------------------------------------------------
+
+
+class DriverError(Exception):
+    """Base of every error a driver raises on purpose; anything else is a driver bug."""
+
+
+class NoCapacityError(DriverError):
+    """The provider has no capacity for that offer right now; another offer may work."""
+
+
+class NotFoundError(DriverError):
+    """The provider does not know the instance, volume or workload id it was given."""
+
+
+class TransientError(DriverError):
+    """A temporary failure (throttling, timeout, not ready yet). Nothing changed: retry later."""
+
+
+class FatalError(DriverError):
+    """The request can never succeed as asked (wrong zone, volume in use, bad config)."""
+
+
+# --- Values --------------------------------------------------------------------------------------
+
+
+class InstanceState(enum.StrEnum):
+    """What the provider says about an instance. ``interrupted`` is a spot reclaim or host loss."""
+
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    TERMINATED = "terminated"
+    INTERRUPTED = "interrupted"
+
+
+class JobStatus(enum.StrEnum):
+    """What the provider says about a workload; every status but ``running`` is final."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class VolumeStatus(enum.StrEnum):
+    """What the provider says about a volume."""
+
+    AVAILABLE = "available"
+    IN_USE = "in-use"
+    DELETED = "deleted"
+
+
+@dataclasses.dataclass(frozen=True)
+class Offer:
+    """One way to get an instance: a type in a zone at a price.
+
+    ``resources`` is ``{"cpus": int, "memory_mib": int, "gpus": [{"name": str, "memory_mib": int}],
+    "disk_gb": int}``, the shape the control plane stores on its instances.
+    """
+
+    instance_type: str
+    region: str
+    availability_zone: str
+    resources: dict
+    price: float
+    spot: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class JobState:
+    """A workload's status; ``exit_status`` is set when the process exited on its own."""
+
+    status: str
+    exit_status: int | None
+    message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.status != JobStatus.RUNNING
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeInfo:
+    """A provider volume as the control plane records it."""
+
+    volume_id: str
+    region: str
+    availability_zone: str
+    size_gb: int
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TaggedResource:
+    """A provider resource this control plane created (``kind`` is ``instance`` or ``volume``)."""
+
+    kind: str
+    provider_id: str
+    name: str
+
+
+# --- The interface ---------------------------------------------------------------------------------
+
+
+class Driver(abc.ABC):
+    """A provider account, bound to one ``Backend`` row.
+
+    Construction validates the backend's config with ``validate_config``; a config that was stored
+    invalid (an admin edit, an older version) surfaces as ``FatalError`` so tasks handle it like
+    any other driver failure. All methods take keyword-only arguments.
+    """
+
+    type_name: ClassVar[str]
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        try:
+            self.config = self.validate_config(backend.config or {})
+        except InvalidInput as exc:
+            raise FatalError(f"backend {backend.name!r} has an invalid config: {exc.detail}") from exc
+
+    @classmethod
+    @abc.abstractmethod
+    def validate_config(cls, config: dict) -> dict:
+        """Return the normalized config, or raise ``InvalidInput`` naming the bad key."""
+
+    @abc.abstractmethod
+    def offers(self) -> list[Offer]:
+        """Every instance type this account can launch, per zone, on-demand and spot."""
+
+    @abc.abstractmethod
+    def create_instance(self, *, name: str, offer: Offer) -> str:
+        """Launch an instance named ``name`` (tagged as ours); return the provider instance id."""
+
+    @abc.abstractmethod
+    def terminate_instance(self, *, instance_id: str) -> None:
+        """Terminate the instance; a no-op if it is already terminated."""
+
+    @abc.abstractmethod
+    def instance_state(self, *, instance_id: str) -> str:
+        """One of ``InstanceState``'s values."""
+
+    @abc.abstractmethod
+    def create_volume(self, *, name: str, region: str, availability_zone: str | None, size_gb: int) -> VolumeInfo:
+        """Create a volume; with no zone the driver picks one in ``region`` and reports it."""
+
+    @abc.abstractmethod
+    def register_volume(self, *, volume_id: str) -> VolumeInfo:
+        """Describe an existing volume the user wants to use (``external`` volumes)."""
+
+    @abc.abstractmethod
+    def delete_volume(self, *, volume_id: str) -> None:
+        """Delete the volume; ``FatalError`` while attached; a no-op if already deleted."""
+
+    @abc.abstractmethod
+    def attach_volume(self, *, volume_id: str, instance_id: str) -> str:
+        """Attach the volume to the instance and return the device name.
+
+        ``FatalError`` if the volume is attached elsewhere or lives in another region or zone.
+        """
+
+    @abc.abstractmethod
+    def detach_volume(self, *, volume_id: str, instance_id: str, force: bool) -> None:
+        """Request the detach; completion is confirmed by ``is_volume_detached`` only."""
+
+    @abc.abstractmethod
+    def is_volume_detached(self, *, volume_id: str, instance_id: str) -> bool:
+        """True once the volume is no longer attached to that instance."""
+
+    @abc.abstractmethod
+    def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict) -> str:
+        """Start the workload on the instance; return its workload id."""
+
+    @abc.abstractmethod
+    def stop_job(self, *, workload_id: str) -> None:
+        """Stop the workload; a no-op if it already finished."""
+
+    @abc.abstractmethod
+    def poll_job(self, *, workload_id: str) -> JobState:
+        """The workload's current ``JobState``."""
+
+    @abc.abstractmethod
+    def list_tagged_resources(self) -> list[TaggedResource]:
+        """Every live instance and volume this control plane created in this account."""

@@ -1,0 +1,38 @@
+"""Which driver serves which backend type. Only types listed here can be used."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from backends.drivers.base import Driver
+from backends.drivers.sim import SimDriver
+from projects.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from backends.models import Backend
+
+DRIVERS: dict[str, type[Driver]] = {
+    "sim": SimDriver,
+}
+
+
+def supported_types() -> list[str]:
+    """Backend types that have a driver, sorted."""
+    return sorted(DRIVERS)
+
+
+def driver_class(type_name: str) -> type[Driver]:
+    """The driver class for a backend type, or ``InvalidInput(code="unsupported_backend_type")``."""
+    try:
+        return DRIVERS[type_name]
+    except KeyError:
+        raise InvalidInput(
+            f"backend type {type_name!r} has no driver; supported types: {', '.join(supported_types())}",
+            code="unsupported_backend_type",
+            field="type",
+        ) from None
+
+
+def get_driver(backend: Backend) -> Driver:
+    """A driver bound to ``backend`` (its config validated; see ``Driver.__init__``)."""
+    return driver_class(backend.type)(backend)

@@ -1,0 +1,460 @@
+"""The ``sim`` driver: a simulated cloud whose state lives in the database (like kwok or moto).
+
+Guarantees beyond the ``Driver`` interface:
+
+* Every call first sleeps ``latency`` seconds, then may raise ``TransientError`` under an
+  ``api_errors`` fault; such an error is raised before the call changes anything.
+* A new instance reports ``provisioning`` on its first ``instance_state`` poll and ``running``
+  from then on, so the control plane always walks the provisioning path.
+* A detach is a request; it completes when ``is_volume_detached`` is next asked and no
+  ``stuck_detach`` fault holds it. Terminating an instance detaches its volumes, as EBS does.
+* Job scripts: commands are split on ``&&``, ``;`` and newlines and run in order. ``sleep N``
+  takes N seconds, ``exit K`` ends the script with status K; every other command takes no time.
+  A script with neither runs until stopped; one with sleeps and no exit ends with status 0.
+* Faults are read on every call, so adding or clearing one takes effect at once.
+* Each write is one autocommit statement, a compare-and-swap where two callers could race: the
+  driver never holds a transaction open and is safe to call from many workers at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import random
+import re
+import time
+import uuid
+
+from django.utils import timezone
+
+from backends.drivers import sim_catalogue
+from backends.drivers.base import (
+    Driver,
+    FatalError,
+    InstanceState,
+    JobState,
+    NoCapacityError,
+    NotFoundError,
+    Offer,
+    TaggedResource,
+    TransientError,
+    VolumeInfo,
+)
+
+# validate_fault is part of this module's service API (with add_fault, list_faults, clear_faults).
+from backends.drivers.sim_catalogue import FAULT_SCHEMAS, validate_fault
+from backends.sim_models import (
+    SimFault,
+    SimFaultKind,
+    SimInstance,
+    SimInstanceState,
+    SimJob,
+    SimJobState,
+    SimVolume,
+    SimVolumeState,
+)
+from projects.errors import InvalidInput
+
+LIVE_INSTANCE_STATES = (SimInstanceState.PROVISIONING, SimInstanceState.RUNNING)
+# AWS recommends /dev/sdf../dev/sdp for data volumes; the sim hands them out in order.
+DEVICE_NAMES = [f"/dev/sd{letter}" for letter in "fghijklmnop"]
+_SEPARATOR = re.compile(r"&&|;|\n")
+_SLEEP = re.compile(r"sleep\s+(\d+(?:\.\d*)?|\.\d+)")
+_EXIT = re.compile(r"exit\s+(-?\d+)")
+
+
+def plan_script(commands: list[str]) -> tuple[float | None, int | None]:
+    """``(duration_seconds, exit_status)`` of a sim job script, ``(None, None)`` if it never ends."""
+    duration, slept = 0.0, False
+    for part in (p.strip() for command in commands for p in _SEPARATOR.split(command)):
+        if match := _EXIT.fullmatch(part):
+            return duration, int(match.group(1)) % 256  # a shell keeps the low byte
+        if match := _SLEEP.fullmatch(part):
+            duration, slept = duration + float(match.group(1)), True
+    return (duration, 0) if slept else (None, None)
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:17]}"
+
+
+def _sim_call(method):
+    """Give a driver call the configured latency and the ``api_errors`` fault, before it acts."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self._enter_call()
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class SimDriver(Driver):
+    """The driver of ``sim`` backends; see the module docstring for the simulated behaviour."""
+
+    type_name = "sim"
+
+    def __init__(self, backend):
+        super().__init__(backend)
+        self.settings = sim_catalogue.effective_config(self.config)
+        # A driver-owned generator lets tests seed the api_errors dice without touching global state.
+        self.rng = random.Random()
+
+    @classmethod
+    def validate_config(cls, config: dict) -> dict:
+        return sim_catalogue.validate_config(config)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _enter_call(self) -> None:
+        if self.settings["latency"]:
+            time.sleep(self.settings["latency"])
+        for fault in self._faults(SimFaultKind.API_ERRORS):
+            if self.rng.random() < fault["rate"]:
+                raise TransientError("simulated provider API error (api_errors fault)")
+
+    def _faults(self, kind: str) -> list[dict]:
+        return [f.params for f in SimFault.objects.filter(backend_id=self.backend.pk, kind=kind)]
+
+    def _zones(self) -> dict[str, list[str]]:
+        return {region: sim_catalogue.zones_of(region) for region in self.settings["regions"]}
+
+    def _instance(self, instance_id: str) -> SimInstance:
+        try:
+            return SimInstance.objects.get(backend_id=self.backend.pk, instance_id=instance_id)
+        except SimInstance.DoesNotExist:
+            raise NotFoundError(f"instance {instance_id!r} not found") from None
+
+    def _volume(self, volume_id: str, *, include_deleted: bool = False) -> SimVolume:
+        volumes = SimVolume.objects.filter(backend_id=self.backend.pk, volume_id=volume_id)
+        if not include_deleted:
+            volumes = volumes.exclude(state=SimVolumeState.DELETED)
+        volume = volumes.first()
+        if volume is None:
+            raise NotFoundError(f"volume {volume_id!r} not found")
+        return volume
+
+    def _job(self, workload_id: str) -> SimJob:
+        try:
+            return SimJob.objects.get(backend_id=self.backend.pk, workload_id=workload_id)
+        except SimJob.DoesNotExist:
+            raise NotFoundError(f"workload {workload_id!r} not found") from None
+
+    # --- offers and instances ---------------------------------------------------------------
+
+    @_sim_call
+    def offers(self) -> list[Offer]:
+        return [
+            self._offer(itype, region, zone, spot)
+            for itype in self.settings["instance_types"]
+            for region, zones in self._zones().items()
+            for zone in zones
+            for spot in (False, True)
+        ]
+
+    @staticmethod
+    def _offer(itype: dict, region: str, zone: str, spot: bool) -> Offer:
+        price = round(itype["price"] * (sim_catalogue.SPOT_PRICE_FACTOR if spot else 1), 4)
+        resources = {
+            "cpus": itype["cpus"],
+            "memory_mib": itype["memory_mib"],
+            "gpus": [dict(gpu) for gpu in itype["gpus"]],
+            "disk_gb": itype["disk_gb"],
+        }
+        return Offer(itype["name"], region, zone, resources, price, spot)
+
+    @_sim_call
+    def create_instance(self, *, name: str, offer: Offer) -> str:
+        if offer.instance_type not in {t["name"] for t in self.settings["instance_types"]}:
+            raise FatalError(f"instance type {offer.instance_type!r} is not offered by this backend")
+        if offer.availability_zone not in self._zones().get(offer.region, []):
+            raise FatalError(f"zone {offer.availability_zone!r} is not in this backend's region {offer.region!r}")
+        if any(f["region"] == offer.region for f in self._faults(SimFaultKind.NO_CAPACITY)):
+            raise NoCapacityError(f"no capacity for {offer.instance_type} in {offer.region} (no_capacity fault)")
+        instance = SimInstance.objects.create(
+            backend_id=self.backend.pk,
+            instance_id=_new_id("i"),
+            name=name,
+            region=offer.region,
+            availability_zone=offer.availability_zone,
+            instance_type=offer.instance_type,
+            spot=offer.spot,
+            price=offer.price,
+        )
+        return instance.instance_id
+
+    @_sim_call
+    def terminate_instance(self, *, instance_id: str) -> None:
+        instance = self._instance(instance_id)
+        SimInstance.objects.filter(pk=instance.pk).exclude(state=SimInstanceState.TERMINATED).update(
+            state=SimInstanceState.TERMINATED, ended_at=timezone.now()
+        )
+        # As with EBS, the volumes of a terminated instance become available again.
+        SimVolume.objects.filter(backend_id=self.backend.pk, attached_instance_id=instance_id).update(
+            **self._detached_fields()
+        )
+
+    @_sim_call
+    def instance_state(self, *, instance_id: str) -> str:
+        instance = self._instance(instance_id)
+        if self._interrupt_if_faulted(instance):
+            return InstanceState.INTERRUPTED
+        if instance.state == SimInstanceState.PROVISIONING:
+            SimInstance.objects.filter(pk=instance.pk, state=SimInstanceState.PROVISIONING).update(
+                state=SimInstanceState.RUNNING
+            )
+        return InstanceState(instance.state)
+
+    def _interrupt_if_faulted(self, instance: SimInstance) -> bool:
+        """Apply an ``interrupt_instance`` fault to a live instance; True if it is now interrupted.
+
+        The interruption is recorded, not recomputed: like a reclaimed spot VM, an interrupted
+        instance stays interrupted after the fault is cleared.
+        """
+        if instance.state not in LIVE_INSTANCE_STATES:
+            return instance.state == SimInstanceState.INTERRUPTED
+        if not any(f["instance"] == instance.name for f in self._faults(SimFaultKind.INTERRUPT_INSTANCE)):
+            return False
+        instance.ended_at = timezone.now()
+        SimInstance.objects.filter(pk=instance.pk, state__in=LIVE_INSTANCE_STATES).update(
+            state=SimInstanceState.INTERRUPTED, ended_at=instance.ended_at
+        )
+        instance.refresh_from_db(fields=["state", "ended_at"])
+        return instance.state == SimInstanceState.INTERRUPTED
+
+    # --- volumes ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _info(volume: SimVolume) -> VolumeInfo:
+        return VolumeInfo(volume.volume_id, volume.region, volume.availability_zone, volume.size_gb, volume.state)
+
+    @staticmethod
+    def _detached_fields() -> dict:
+        return {
+            "state": SimVolumeState.AVAILABLE,
+            "attached_instance_id": "",
+            "device_name": "",
+            "detach_requested": False,
+            "detach_forced": False,
+        }
+
+    @_sim_call
+    def create_volume(self, *, name: str, region: str, availability_zone: str | None, size_gb: int) -> VolumeInfo:
+        zones = self._zones()
+        if region not in zones:
+            raise FatalError(f"region {region!r} is not one of this backend's regions: {', '.join(zones)}")
+        zone = availability_zone or zones[region][0]
+        if zone not in zones[region]:
+            raise FatalError(f"zone {zone!r} is not in region {region!r} (zones: {', '.join(zones[region])})")
+        if not isinstance(size_gb, int) or isinstance(size_gb, bool) or size_gb <= 0:
+            raise FatalError(f"volume size must be a positive number of GB, not {size_gb!r}")
+        volume = SimVolume.objects.create(
+            backend_id=self.backend.pk,
+            volume_id=_new_id("vol"),
+            name=name,
+            region=region,
+            availability_zone=zone,
+            size_gb=size_gb,
+        )
+        return self._info(volume)
+
+    @_sim_call
+    def register_volume(self, *, volume_id: str) -> VolumeInfo:
+        return self._info(self._volume(volume_id))
+
+    @_sim_call
+    def delete_volume(self, *, volume_id: str) -> None:
+        volume = self._volume(volume_id, include_deleted=True)
+        if volume.state == SimVolumeState.DELETED:
+            return
+        deleted = SimVolume.objects.filter(pk=volume.pk, attached_instance_id="").update(
+            state=SimVolumeState.DELETED, deleted_at=timezone.now()
+        )
+        if not deleted:
+            volume.refresh_from_db()
+            raise FatalError(f"volume {volume_id!r} is attached to {volume.attached_instance_id}; detach it first")
+
+    @_sim_call
+    def attach_volume(self, *, volume_id: str, instance_id: str) -> str:
+        volume = self._volume(volume_id)
+        instance = self._instance(instance_id)
+        self._check_attachable(volume, instance)
+        device = self._free_device(instance_id)
+        attached = SimVolume.objects.filter(
+            pk=volume.pk, state=SimVolumeState.AVAILABLE, attached_instance_id=""
+        ).update(state=SimVolumeState.IN_USE, attached_instance_id=instance_id, device_name=device)
+        if attached:
+            return device
+        # Someone attached it between our read and our write: the same answer as a fresh call.
+        volume.refresh_from_db()
+        return self._already_attached(volume, instance_id)
+
+    def _check_attachable(self, volume: SimVolume, instance: SimInstance) -> None:
+        if self._interrupt_if_faulted(instance) or instance.state == SimInstanceState.TERMINATED:
+            raise FatalError(f"instance {instance.instance_id} is {instance.state}")
+        if instance.state == SimInstanceState.PROVISIONING:
+            raise TransientError(f"instance {instance.instance_id} is still provisioning")
+        if (volume.region, volume.availability_zone) != (instance.region, instance.availability_zone):
+            raise FatalError(
+                f"volume {volume.volume_id} is in {volume.availability_zone} ({volume.region}) but instance "
+                f"{instance.instance_id} is in {instance.availability_zone} ({instance.region})"
+            )
+        if volume.attached_instance_id:
+            self._already_attached(volume, instance.instance_id)
+
+    @staticmethod
+    def _already_attached(volume: SimVolume, instance_id: str) -> str:
+        """Re-attaching to the same instance returns its device (a retried call); else FatalError."""
+        if volume.attached_instance_id == instance_id and not volume.detach_requested:
+            return volume.device_name
+        where = "being detached from" if volume.detach_requested else "attached to"
+        raise FatalError(f"volume {volume.volume_id} is already {where} {volume.attached_instance_id}")
+
+    def _free_device(self, instance_id: str) -> str:
+        used = set(
+            SimVolume.objects.filter(backend_id=self.backend.pk, attached_instance_id=instance_id).values_list(
+                "device_name", flat=True
+            )
+        )
+        for device in DEVICE_NAMES:
+            if device not in used:
+                return device
+        raise FatalError(f"instance {instance_id} has no free device name left")
+
+    @_sim_call
+    def detach_volume(self, *, volume_id: str, instance_id: str, force: bool) -> None:
+        volume = self._volume(volume_id, include_deleted=True)
+        changes = {"detach_requested": True, "detach_forced": True} if force else {"detach_requested": True}
+        # A detach of a volume not attached to that instance has nothing left to do.
+        SimVolume.objects.filter(pk=volume.pk, attached_instance_id=instance_id).update(**changes)
+
+    @_sim_call
+    def is_volume_detached(self, *, volume_id: str, instance_id: str) -> bool:
+        volume = self._volume(volume_id, include_deleted=True)
+        if volume.attached_instance_id != instance_id:
+            return True
+        if not volume.detach_requested or self._detach_stuck(volume):
+            return False
+        SimVolume.objects.filter(pk=volume.pk, attached_instance_id=instance_id, detach_requested=True).update(
+            **self._detached_fields()
+        )
+        volume.refresh_from_db(fields=["attached_instance_id"])
+        return volume.attached_instance_id != instance_id
+
+    def _detach_stuck(self, volume: SimVolume) -> bool:
+        return any(
+            f["volume"] == volume.name and not (volume.detach_forced and f["forced_ok"])
+            for f in self._faults(SimFaultKind.STUCK_DETACH)
+        )
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    @_sim_call
+    def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict) -> str:
+        instance = self._instance(instance_id)
+        if self._interrupt_if_faulted(instance) or instance.state == SimInstanceState.TERMINATED:
+            raise FatalError(f"instance {instance_id} is {instance.state}")
+        if instance.state == SimInstanceState.PROVISIONING:
+            raise TransientError(f"instance {instance_id} is still provisioning")
+        duration, exit_status = plan_script(list(commands))
+        now = timezone.now()
+        job = SimJob.objects.create(
+            backend_id=self.backend.pk,
+            workload_id=_new_id("w"),
+            job_name=job_name,
+            instance_id=instance_id,
+            commands=list(commands),
+            env=dict(env),
+            started_at=now,
+            finishes_at=None if duration is None else now + datetime.timedelta(seconds=duration),
+            exit_status=exit_status,
+        )
+        return job.workload_id
+
+    @_sim_call
+    def stop_job(self, *, workload_id: str) -> None:
+        job = self._job(workload_id)
+        if self._settle(job).status == SimJobState.RUNNING:
+            SimJob.objects.filter(pk=job.pk, state=SimJobState.RUNNING).update(
+                state=SimJobState.STOPPED, exit_status=None, message="stopped", ended_at=timezone.now()
+            )
+
+    @_sim_call
+    def poll_job(self, *, workload_id: str) -> JobState:
+        return self._settle(self._job(workload_id))
+
+    def _settle(self, job: SimJob) -> JobState:
+        """The job's state now; an outcome seen for the first time is recorded for good."""
+        if job.state == SimJobState.RUNNING:
+            outcome = self._outcome(job)
+            if outcome is None:
+                return JobState(SimJobState.RUNNING.value, None)
+            status, exit_status, message = outcome
+            SimJob.objects.filter(pk=job.pk, state=SimJobState.RUNNING).update(
+                state=status, exit_status=exit_status, message=message, ended_at=timezone.now()
+            )
+            job.refresh_from_db()  # the stored outcome wins if another caller settled it first
+        return JobState(str(job.state), job.exit_status, job.message)
+
+    def _outcome(self, job: SimJob) -> tuple[str, int | None, str] | None:
+        """What ended a running job by now, or None if it is still running."""
+        now = timezone.now()
+        lost_at, lost_why = self._instance_loss(job.instance_id)
+        if job.finishes_at is not None and job.finishes_at <= (lost_at or now):
+            status = SimJobState.DONE if job.exit_status == 0 else SimJobState.FAILED
+            return status, job.exit_status, f"exited with status {job.exit_status}"
+        if lost_at is not None:
+            return SimJobState.FAILED, None, lost_why
+        for fault in self._faults(SimFaultKind.CRASH_JOB):
+            if fault["job"] == job.job_name:
+                return SimJobState.FAILED, fault["exit_status"], "crashed (crash_job fault)"
+        return None
+
+    def _instance_loss(self, instance_id: str) -> tuple[datetime.datetime | None, str]:
+        """When and why the job's instance went away, or ``(None, "")`` while it is alive."""
+        instance = SimInstance.objects.filter(backend_id=self.backend.pk, instance_id=instance_id).first()
+        if instance is None:
+            return timezone.now(), f"instance {instance_id} is gone"
+        if self._interrupt_if_faulted(instance) or instance.state == SimInstanceState.TERMINATED:
+            return instance.ended_at or timezone.now(), f"instance {instance.name} was {instance.state}"
+        return None, ""
+
+    # --- inventory --------------------------------------------------------------------------
+
+    @_sim_call
+    def list_tagged_resources(self) -> list[TaggedResource]:
+        instances = SimInstance.objects.filter(backend_id=self.backend.pk).exclude(state=SimInstanceState.TERMINATED)
+        volumes = SimVolume.objects.filter(backend_id=self.backend.pk).exclude(state=SimVolumeState.DELETED)
+        return [TaggedResource("instance", i.instance_id, i.name) for i in instances] + [
+            TaggedResource("volume", v.volume_id, v.name) for v in volumes
+        ]
+
+
+# --- fault services (API and admin) ------------------------------------------------------------
+
+
+def add_fault(backend, payload: dict) -> SimFault:
+    """Validate and store a fault on a sim backend; it applies to every driver call from now on."""
+    if backend.type != "sim":
+        raise InvalidInput(
+            f"backend {backend.name!r} is a {backend.type} backend; faults exist only on sim backends",
+            code="not_a_sim_backend",
+        )
+    fault = validate_fault(payload)
+    return SimFault.objects.create(backend=backend, kind=fault.pop("kind"), params=fault)
+
+
+def list_faults(backend):
+    """The backend's faults, oldest first (a queryset of ``SimFault``)."""
+    return SimFault.objects.filter(backend=backend).order_by("id")
+
+
+def clear_faults(backend, kind: str | None = None) -> int:
+    """Delete the backend's faults (only those of ``kind`` if given); return how many were deleted."""
+    if kind is not None and kind not in FAULT_SCHEMAS:
+        raise InvalidInput(f"unknown fault kind {kind!r}", code="invalid_fault", field="kind")
+    faults = SimFault.objects.filter(backend=backend)
+    if kind is not None:
+        faults = faults.filter(kind=kind)
+    deleted, _ = faults.delete()
+    return deleted

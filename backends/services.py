@@ -1,0 +1,110 @@
+"""Writes for backends: create, update, delete (refused while in use) and mass termination."""
+
+from django.db import transaction
+
+from backends.drivers.registry import driver_class
+from backends.models import Backend
+from backends.selectors import backend_dependencies
+from projects.errors import Conflict, InvalidInput, NotFound
+from projects.models import Project
+from projects.services import _valid_name, record_event
+
+
+def _validated_config(backend_type: str, config) -> dict:
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise InvalidInput("config must be a mapping", field="config")
+    return driver_class(backend_type).validate_config(config)
+
+
+def _validated_credentials(credentials) -> dict:
+    if credentials is None:
+        return {}
+    if not isinstance(credentials, dict):
+        raise InvalidInput("credentials must be a mapping", field="credentials")
+    return credentials
+
+
+@transaction.atomic
+def create_backend(
+    *, project: Project, name: str, type: str, config: dict | None = None, credentials: dict | None = None,
+    actor: str = "",
+) -> Backend:
+    """Create a backend after its driver validated the config. Names are unique per project."""
+    name = _valid_name(name)
+    config = _validated_config(type, config)
+    credentials = _validated_credentials(credentials)
+    if Backend.objects.filter(project=project, name=name).exists():
+        raise Conflict(f"backend '{name}' already exists in project '{project.name}'", code="already_exists")
+    backend = Backend(project=project, name=name, type=type, config=config)
+    backend.credentials = credentials
+    backend.save()
+    record_event(project=project, resource_type="backend", resource_name=name, kind="created", actor=actor)
+    return backend
+
+
+@transaction.atomic
+def update_backend(
+    *, backend: Backend, config: dict | None = None, credentials: dict | None = None, actor: str = ""
+) -> Backend:
+    """Replace the config and/or credentials of a backend (credentials stay write-only)."""
+    backend = lock_backend(backend.pk)
+    changed = []
+    if config is not None:
+        backend.config = _validated_config(backend.type, config)
+        changed.append("config")
+    if credentials is not None:
+        backend.credentials = _validated_credentials(credentials)
+        changed.append("credentials")
+    if changed:
+        backend.save()
+        record_event(
+            project=backend.project_id, resource_type="backend", resource_name=backend.name, kind="updated",
+            message="changed " + ", ".join(changed), actor=actor,
+        )
+    return backend
+
+
+def lock_backend(backend_id: int) -> Backend:
+    """Lock a backend row for the rest of the transaction.
+
+    Every creation of an instance or a volume on a backend takes this lock first, and so does
+    ``delete_backend``: the in-use check and the delete are therefore atomic with respect to new
+    resources (a creator that waited on a deleted backend finds it gone and fails cleanly).
+    """
+    backend = Backend.objects.select_for_update().filter(pk=backend_id).first()
+    if backend is None:
+        raise Conflict("the backend was deleted", code="backend_deleted")
+    return backend
+
+
+@transaction.atomic
+def delete_backend(*, backend: Backend, actor: str = "") -> None:
+    """Delete a backend unless it has active instances or volumes that are not deleted (409)."""
+    locked = Backend.objects.select_for_update().filter(pk=backend.pk).first()
+    if locked is None:
+        raise NotFound(f"backend '{backend.name}' does not exist")
+    dependencies = backend_dependencies(locked)
+    if dependencies["instances"] or dependencies["volumes"]:
+        raise Conflict(
+            f"backend '{locked.name}' is in use by {len(dependencies['instances'])} active instance(s) and "
+            f"{len(dependencies['volumes'])} volume(s); terminate and delete them first",
+            code="backend_in_use",
+            **dependencies,
+        )
+    record_event(project=locked.project_id, resource_type="backend", resource_name=locked.name, kind="deleted",
+                 actor=actor)
+    locked.delete()
+
+
+def terminate_backend_instances(*, backend: Backend, actor: str = "") -> list[str]:
+    """Mark every active instance of the backend for termination; return their names."""
+    from fleets.models import Instance, InstanceStatus
+    from fleets.services import request_instance_termination
+
+    names = []
+    for instance in Instance.objects.filter(backend=backend).exclude(status__in=[InstanceStatus.TERMINATED]):
+        request_instance_termination(instance=instance, reason="terminated_by_operator", actor=actor)
+        names.append(instance.name)
+    return names

@@ -1,0 +1,182 @@
+"""Writes for fleets and instances: apply, delete, instance creation and termination."""
+
+from django.db import transaction
+from django.db.models import Max, Q
+
+from backends.drivers.base import DriverError, NotFoundError
+from backends.drivers.registry import get_driver
+from backends.models import Backend
+from backends.services import lock_backend
+from fleets.models import (
+    FLEET_FINISHED_STATES,
+    INSTANCE_ACTIVE_STATES,
+    Fleet,
+    FleetStatus,
+    Instance,
+    InstanceStatus,
+)
+from projects import leases
+from projects.errors import Conflict, InvalidInput
+from projects.models import Project
+from projects.services import ApplyResult, compare_and_swap, record_event, spec_changes
+
+TERMINATABLE_STATES = (InstanceStatus.PENDING, InstanceStatus.PROVISIONING, InstanceStatus.IDLE, InstanceStatus.BUSY)
+
+
+def check_backend_references(project: Project, names: list[str] | None, field: str = "backends") -> None:
+    """Every entry of a ``backends`` list must name a backend of the project (by name or by type)."""
+    if not names:
+        return
+    known = set()
+    for name, type_ in Backend.objects.filter(project=project).values_list("name", "type"):
+        known.update({name, type_})
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise InvalidInput(
+            f"{field}: no backend named or of type {', '.join(repr(m) for m in missing)} in project "
+            f"'{project.name}'",
+            field=field,
+        )
+
+
+def apply_fleet(*, project: Project, spec: dict, actor: str = "", dry_run: bool = False) -> ApplyResult:
+    """Create a fleet, update the spec of a live one, or replace a finished one with the same name."""
+    check_backend_references(project, spec.get("backends"))
+    with transaction.atomic():
+        existing = Fleet.objects.select_for_update().filter(project=project, name=spec["name"]).first()
+        result = _plan_fleet(existing, spec)
+        if dry_run or result.action == "unchanged":
+            result.resource = existing
+            return result
+        if result.action == "update":
+            existing.spec = spec
+            existing.save(update_fields=["spec", "updated_at"])
+            result.resource = existing
+            record_event(project=project, resource_type="fleet", resource_name=existing.name, kind="spec_updated",
+                         message="changed " + ", ".join(result.changes), actor=actor)
+            return result
+        if existing is not None:
+            existing.delete()
+        result.resource = Fleet.objects.create(project=project, name=spec["name"], spec=spec)
+        record_event(project=project, resource_type="fleet", resource_name=spec["name"], kind="submitted", actor=actor)
+        return result
+
+
+def _plan_fleet(existing: Fleet | None, spec: dict) -> ApplyResult:
+    plan = ApplyResult(type="fleet", name=spec["name"], action="create", spec=spec)
+    if existing is None:
+        return plan
+    if existing.status in FLEET_FINISHED_STATES:
+        plan.action = "replace"
+        return plan
+    if existing.status == FleetStatus.TERMINATING:
+        raise Conflict(f"fleet '{existing.name}' is terminating; apply again once it is terminated",
+                       code="fleet_terminating")
+    plan.changes = spec_changes(existing.spec, spec)
+    plan.action = "update" if plan.changes else "unchanged"
+    return plan
+
+
+@transaction.atomic
+def delete_fleet(*, fleet: Fleet, actor: str = "") -> Fleet:
+    """Terminate a live fleet (its instances first), or forget a finished one."""
+    fleet = Fleet.objects.select_for_update().get(pk=fleet.pk)
+    if fleet.status in FLEET_FINISHED_STATES:
+        record_event(project=fleet.project_id, resource_type="fleet", resource_name=fleet.name, kind="deleted",
+                     actor=actor)
+        fleet.delete()
+        return fleet
+    if compare_and_swap(Fleet, pk=fleet.pk, allowed_from=(FleetStatus.SUBMITTED, FleetStatus.ACTIVE),
+                        to=FleetStatus.TERMINATING, status_message="deleted by user"):
+        record_event(project=fleet.project_id, resource_type="fleet", resource_name=fleet.name, kind="terminating",
+                     actor=actor)
+    for instance in fleet.instances.filter(status__in=TERMINATABLE_STATES):
+        request_instance_termination(instance=instance, reason="fleet_deleted", actor=actor)
+    finish_fleet_if_empty(fleet_id=fleet.pk)
+    fleet.refresh_from_db()
+    return fleet
+
+
+def finish_fleet_if_empty(*, fleet_id: int) -> bool:
+    """A terminating fleet becomes terminated once none of its instances is active."""
+    if Instance.objects.filter(fleet_id=fleet_id, status__in=INSTANCE_ACTIVE_STATES).exists():
+        return False
+    fleet = Fleet.objects.get(pk=fleet_id)
+    if compare_and_swap(Fleet, pk=fleet_id, allowed_from=(FleetStatus.TERMINATING,), to=FleetStatus.TERMINATED):
+        record_event(project=fleet.project_id, resource_type="fleet", resource_name=fleet.name, kind="terminated")
+        return True
+    return False
+
+
+@transaction.atomic
+def create_instance(
+    *, fleet: Fleet, backend: Backend, region: str, availability_zone: str = "", instance_type: str = "",
+    resources: dict | None = None, price: float = 0, spot: bool = False, total_blocks: int = 1, actor: str = "",
+) -> Instance:
+    """Record a new ``pending`` instance of ``fleet`` on ``backend``, named ``{fleet}-{n}``.
+
+    Takes the backend's row lock first, so it cannot race a backend deletion.
+    """
+    backend = lock_backend(backend.pk)
+    if backend.project_id != fleet.project_id:
+        raise InvalidInput("the backend belongs to another project", field="backend")
+    fleet = Fleet.objects.select_for_update().get(pk=fleet.pk)
+    num = (fleet.instances.aggregate(n=Max("instance_num"))["n"] + 1) if fleet.instances.exists() else 0
+    instance = Instance.objects.create(
+        project_id=fleet.project_id, fleet=fleet, backend=backend, name=f"{fleet.name}-{num}", instance_num=num,
+        region=region, availability_zone=availability_zone, instance_type=instance_type, resources=resources or {},
+        price=price, spot=spot, total_blocks=total_blocks,
+    )
+    record_event(project=fleet.project_id, resource_type="instance", resource_name=instance.name, kind="pending",
+                 message=f"{instance_type} in {region} on backend {backend.name}", actor=actor)
+    return instance
+
+
+def request_instance_termination(*, instance: Instance, reason: str, actor: str = "") -> bool:
+    """Move an instance to ``terminating``; the termination reconciler finishes the job."""
+    with transaction.atomic():
+        moved = compare_and_swap(Instance, pk=instance.pk, allowed_from=TERMINATABLE_STATES,
+                                 to=InstanceStatus.TERMINATING, termination_reason=reason)
+        if moved:
+            record_event(project=instance.project_id, resource_type="instance", resource_name=instance.name,
+                         kind="terminating", message=reason, actor=actor)
+            from fleets.tasks import terminate_instances
+            from projects.background import enqueue_on_commit
+
+            enqueue_on_commit(terminate_instances)
+    return moved
+
+
+def process_terminating_instances(*, limit: int = 50) -> int:
+    """Terminate, through their drivers, the terminating instances nothing holds any more."""
+    from runs.models import JOB_ACTIVE_STATES
+    from volumes.models import ATTACHMENT_LIVE_STATES
+
+    # Never terminate an instance under a running job or with a volume attached.
+    busy = Q(jobs__status__in=JOB_ACTIVE_STATES) | Q(attachments__status__in=ATTACHMENT_LIVE_STATES)
+    ready = Q(status=InstanceStatus.TERMINATING) & ~Q(pk__in=Instance.objects.filter(busy).values("pk"))
+    done = 0
+    for pk in leases.claim(Instance, ready, limit=limit):
+        done += _terminate_claimed_instance(pk)
+    return done
+
+
+def _terminate_claimed_instance(pk: int) -> int:
+    instance = Instance.objects.select_related("backend").get(pk=pk)
+    try:
+        if instance.backend is not None and instance.provider_instance_id:
+            get_driver(instance.backend).terminate_instance(instance_id=instance.provider_instance_id)
+    except NotFoundError:
+        pass  # already gone at the provider: that is what we wanted
+    except DriverError as err:
+        Instance.objects.filter(pk=pk).update(status_message=f"termination failed, will retry: {err}")
+        leases.release(Instance, pk)
+        return 0
+    with transaction.atomic():
+        moved = compare_and_swap(Instance, pk=pk, allowed_from=(InstanceStatus.TERMINATING,),
+                                 to=InstanceStatus.TERMINATED, lease_until=None, status_message="")
+        if moved:
+            record_event(project=instance.project_id, resource_type="instance", resource_name=instance.name,
+                         kind="terminated", message=instance.termination_reason)
+    finish_fleet_if_empty(fleet_id=instance.fleet_id)
+    return int(moved)

@@ -1,0 +1,87 @@
+"""The dstack-compatible fleet configuration (``type: fleet``): parsing and validation, no database."""
+
+from projects.specs import (
+    SpecError,
+    check_keys,
+    check_type,
+    parse_count,
+    parse_duration,
+    parse_env,
+    parse_name,
+    parse_placement,
+    parse_range,
+    parse_resources,
+    require,
+    require_mapping,
+)
+
+DEFAULT_IDLE_DURATION = 300
+
+FLEET_FIELDS = (
+    "type",
+    "name",
+    "nodes",
+    "resources",
+    "blocks",
+    "idle_duration",
+    "env",
+    "backends",
+    "regions",
+    "availability_zones",
+    "instance_types",
+    "spot_policy",
+    "max_price",
+)
+# dstack fleet fields Stackyard does not implement: refused by name rather than silently dropped.
+UNSUPPORTED_FLEET_FIELDS = (
+    "ssh_config",
+    "placement",
+    "reservation",
+    "retry",
+    "tags",
+    "termination_policy",
+    "termination_idle_time",
+)
+
+
+def parse_fleet_spec(doc: dict) -> dict:
+    """Validate a fleet document and return its normalized spec, or raise SpecError naming the bad field.
+
+    Result: {"type": "fleet", "name", "nodes": {"min": int, "max": int|None}, "resources",
+    "backends", "regions", "availability_zones", "instance_types" (lists or None),
+    "blocks": int >= 1 | "auto", "idle_duration": seconds | None (off), "spot_policy",
+    "max_price": float | None, "env": {str: str}}.
+    """
+    doc = require_mapping(doc, "")
+    check_type(doc, "fleet")
+    check_keys(doc, "", FLEET_FIELDS, UNSUPPORTED_FLEET_FIELDS)
+    idle = doc.get("idle_duration")
+    return {
+        "type": "fleet",
+        "name": parse_name(require(doc, "name"), "name"),
+        "nodes": parse_nodes(require(doc, "nodes")),
+        "resources": parse_resources(doc.get("resources")),
+        **parse_placement(doc),
+        "blocks": parse_blocks(doc.get("blocks")),
+        "idle_duration": DEFAULT_IDLE_DURATION if idle is None else parse_duration(idle, "idle_duration", True),
+        "env": parse_env(doc.get("env")),
+    }
+
+
+def parse_nodes(value: object, field: str = "nodes") -> dict:
+    """{"min": int, "max": int | None} from N, 'min..max', 'min..' or '..max' (a missing min is 0)."""
+    nodes = parse_range(value, field, parse_count)
+    if nodes["min"] is None:
+        nodes["min"] = 0
+    return nodes
+
+
+def parse_blocks(value: object, field: str = "blocks") -> int | str:
+    """The number of blocks each instance is split into: an int >= 1 or 'auto' (default 1)."""
+    if value is None:
+        return 1
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError(field, f"must be 'auto' or an integer of at least 1, got {value!r}")
+    return value

@@ -1,0 +1,66 @@
+"""Operational endpoints: ``/healthz`` (database and broker answer) and ``/metrics`` (Prometheus text)."""
+
+import os
+
+from django.db import connection
+from django.db.models import Count
+from django.http import HttpResponse, JsonResponse
+
+from config.celery import app as celery_app
+
+
+def _database_ok() -> tuple[bool, str]:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True, "ok"
+    except Exception as err:  # noqa: BLE001 - any failure means unhealthy
+        return False, str(err)
+
+
+def _broker_ok() -> tuple[bool, str]:
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+            if conn.transport.driver_type == "filesystem":
+                # The filesystem transport "connects" to anything: check its folder is writable.
+                folder = conn.transport_options["data_folder_out"]
+                if not os.access(folder, os.W_OK):
+                    return False, f"broker folder {folder} is not writable"
+        return True, "ok"
+    except Exception as err:  # noqa: BLE001
+        return False, str(err)
+
+
+def healthz(request):
+    database, database_detail = _database_ok()
+    broker, broker_detail = _broker_ok()
+    healthy = database and broker
+    return JsonResponse(
+        {"status": "ok" if healthy else "unhealthy", "database": database_detail, "broker": broker_detail},
+        status=200 if healthy else 503,
+    )
+
+
+def _gauge(lines: list[str], name: str, help_text: str, rows, label: str) -> None:
+    lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+    for value, count in rows:
+        lines.append(f'{name}{{{label}="{value}"}} {count}')
+
+
+def metrics(request):
+    """Resource counts by status, read from the database so every process reports the same figures."""
+    from fleets.models import Instance
+    from projects.models import Event
+    from runs.models import Job, Run
+    from volumes.models import Volume
+
+    lines: list[str] = []
+    for model, name in ((Instance, "instances"), (Volume, "volumes"), (Run, "runs"), (Job, "jobs")):
+        rows = model.objects.values_list("status").annotate(n=Count("id")).order_by("status")
+        _gauge(lines, f"stackyard_{name}", f"{name} by status", rows, "status")
+    corrections = Event.objects.filter(kind="block_count_corrected").count()
+    lines += ["# HELP stackyard_block_count_corrections_total block counts corrected by verification",
+              "# TYPE stackyard_block_count_corrections_total counter",
+              f"stackyard_block_count_corrections_total {corrections}"]
+    return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")

@@ -1,0 +1,418 @@
+"""Parsing and validation shared by every dstack-compatible configuration file.
+
+Each parser takes a raw value as read from YAML or JSON plus the dotted path of the field it came
+from, and either returns a normalized, JSON-serializable value or raises :class:`SpecError` naming
+that field. Nothing here touches the database, so the API, the admin and the tests share it freely.
+"""
+
+import math
+import re
+from collections.abc import Callable, Iterable
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,40}$")
+SPOT_POLICIES = ("spot", "on-demand", "auto")
+RETRY_EVENTS = ("no-capacity", "interruption", "error")
+RETRY_DEFAULT_DURATION = 3600
+RETRY_DEFAULT_INTERVAL = 15
+GPU_VENDORS = ("nvidia", "amd", "intel", "google", "tenstorrent")
+CPU_ARCHS = ("x86", "arm")
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_RE = re.compile(r"^(?:\d+[smhdw])+$")
+_DURATION_PART_RE = re.compile(r"(\d+)([smhdw])")
+# Binary units, as dstack uses them: 512MB is half a GB.
+_SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(?:([kmgt])i?b)?$", re.IGNORECASE)
+_SIZE_FACTORS = {"k": 1 / 1024**2, "m": 1 / 1024, "g": 1.0, "t": 1024.0, None: 1.0}
+_COUNT_RE = re.compile(r"^\d*(?:\.\.\d*)?$")
+_GPU_MEMORY_RE = re.compile(r"\d\s*[kmgt]i?b", re.IGNORECASE)
+_GPU_NAMES_RE = re.compile(r"^[A-Za-z][\w-]*(?:,[A-Za-z][\w-]*)*$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KIND_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a mapping",
+}
+
+
+class SpecError(Exception):
+    """A configuration is invalid. ``field`` is the dotted path of the culprit, "" for the whole document."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+def subfield(parent: str, key: object) -> str:
+    """The dotted path of ``key`` below ``parent`` ("resources" + "gpu" -> "resources.gpu")."""
+    return f"{parent}.{key}" if parent else str(key)
+
+
+# --- structure ---------------------------------------------------------------------------------
+
+
+def require_mapping(value: object, field: str) -> dict:
+    """Return ``value`` if it is a mapping, else raise SpecError on ``field``."""
+    if not isinstance(value, dict):
+        raise SpecError(field, f"expected a mapping, got {kind_of(value)}")
+    return value
+
+
+def check_keys(doc: dict, field: str, supported: Iterable[str], unsupported: Iterable[str] = ()) -> None:
+    """Guarantee every key of ``doc`` is supported; a dstack field Stackyard lacks is never ignored silently."""
+    supported, unsupported = set(supported), set(unsupported)
+    for key in doc:
+        if key in supported:
+            continue
+        if key in unsupported:
+            raise SpecError(subfield(field, key), f"field '{key}' is not supported yet")
+        raise SpecError(subfield(field, key), f"unknown field '{key}'")
+
+
+def check_type(doc: dict, expected: str) -> None:
+    """Reject a document whose ``type`` is present but is not ``expected``."""
+    if "type" in doc and doc["type"] != expected:
+        raise SpecError("type", f"expected '{expected}', got {doc['type']!r}")
+
+
+def require(doc: dict, key: str, field: str | None = None) -> object:
+    """Return ``doc[key]``, raising SpecError when it is absent or null."""
+    if doc.get(key) is None:
+        raise SpecError(field or key, "this field is required")
+    return doc[key]
+
+
+def kind_of(value: object) -> str:
+    """A short human name of a YAML/JSON value's type, for error messages."""
+    return "null" if value is None else _KIND_NAMES.get(type(value), type(value).__name__)
+
+
+# --- scalars -----------------------------------------------------------------------------------
+
+
+def parse_int(value: object, field: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer within bounds. Booleans are refused: YAML reads an unquoted ``yes`` as True."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(field, f"expected an integer, got {kind_of(value)}")
+    if minimum is not None and value < minimum:
+        raise SpecError(field, f"must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SpecError(field, f"must be at most {maximum}, got {value}")
+    return value
+
+
+def parse_str(value: object, field: str) -> str:
+    """A non-empty string, stripped."""
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(field, f"expected a non-empty string, got {kind_of(value)}")
+    return value.strip()
+
+
+def parse_name(value: object, field: str) -> str:
+    """A resource name by dstack's rule: a lowercase letter, then 1 to 40 of a-z, 0-9 and '-'."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise SpecError(field, f"invalid name {value!r}: use 2-41 characters a-z, 0-9 and '-', starting with a letter")
+    return value
+
+
+def parse_string_list(value: object, field: str) -> list[str]:
+    """A list of non-empty strings; a single string is a list of one."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise SpecError(field, f"expected a string or a list of strings, got {kind_of(value)}")
+    return [parse_str(item, f"{field}[{i}]") for i, item in enumerate(value)]
+
+
+def parse_choice(value: object, field: str, choices: Iterable[str]) -> str:
+    """One of ``choices``, exactly."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise SpecError(field, f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float; YAML's .nan/.inf and JSON's NaN/Infinity are not sizes or prices."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_price(value: object, field: str) -> float:
+    """A positive price in dollars per hour."""
+    if not _is_number(value) or value <= 0:
+        raise SpecError(field, f"expected a positive number of dollars per hour, got {value!r}")
+    return float(value)
+
+
+def parse_duration(value: object, field: str, allow_off: bool = False) -> int | None:
+    """Seconds from an int or a string like 30s, 5m, 1h, 1d, 1w (or 1h30m); None for 'off' when allowed.
+
+    YAML 1.1 reads an unquoted ``off`` as False, so False means 'off' too where 'off' is allowed.
+    """
+    if allow_off and (value == "off" or value is False or (type(value) is int and value == -1)):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise SpecError(field, f"a duration must not be negative, got {value}")
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.isdigit():
+            return int(text)
+        if _DURATION_RE.match(text):
+            return sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART_RE.findall(text))
+        if text == "off":
+            raise SpecError(field, "'off' is not allowed here: give a duration like 1h")
+    off = ", or off" if allow_off else ""
+    raise SpecError(field, f"invalid duration {value!r}: use seconds or a number with s, m, h, d or w (5m, 1h){off}")
+
+
+def parse_size(value: object, field: str) -> float:
+    """A size in GB from '16GB', '16 GB', '512MB', '1TB' or a plain number (GB)."""
+    if _is_number(value):
+        if value < 0:
+            raise SpecError(field, f"a size must not be negative, got {value}")
+        return float(value)
+    match = _SIZE_RE.match(value.strip()) if isinstance(value, str) else None
+    if not match:
+        raise SpecError(field, f"invalid size {value!r}: use a number with MB, GB or TB, like 16GB")
+    unit = match.group(2).lower() if match.group(2) else None
+    return float(match.group(1)) * _SIZE_FACTORS[unit]
+
+
+def parse_count(value: object, field: str) -> int:
+    """A non-negative integer, also given as a string of digits (as it appears inside a range)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    if isinstance(value, str):
+        raise SpecError(field, f"invalid count {value!r}: expected a non-negative integer")
+    return parse_int(value, field, minimum=0)
+
+
+def parse_range(value: object, field: str, parse_item: Callable[[object, str], float]) -> dict:
+    """{"min", "max"} from 'a..b', 'a..', '..b', a single value (min == max) or a {min, max} mapping."""
+    if isinstance(value, dict):
+        check_keys(value, field, ("min", "max"))
+        low, high = value.get("min"), value.get("max")
+    elif isinstance(value, str) and ".." in value:
+        low, _, high = (part.strip() or None for part in value.partition(".."))
+    else:
+        low = high = value
+    if low is None and high is None:
+        raise SpecError(field, f"invalid range {value!r}: give a min, a max or both")
+    low = None if low is None else parse_item(low, field)
+    high = None if high is None else parse_item(high, field)
+    if low is not None and high is not None and low > high:
+        raise SpecError(field, f"invalid range {value!r}: min is greater than max")
+    return {"min": low, "max": high}
+
+
+# --- resources ---------------------------------------------------------------------------------
+
+
+def default_gpu() -> dict:
+    """No GPU required."""
+    return {"count": {"min": 0, "max": None}, "name": None, "memory": None, "vendor": None}
+
+
+def parse_resources(value: object, field: str = "resources") -> dict:
+    """Normalized resources: cpu and gpu counts, memory/disk/shm_size in GB, dstack's defaults filled in."""
+    spec = require_mapping({} if value is None else value, field)
+    check_keys(spec, field, ("cpu", "memory", "gpu", "disk", "shm_size"))
+    memory, disk, shm = spec.get("memory"), spec.get("disk"), spec.get("shm_size")
+    return {
+        "cpu": _parse_cpu(spec.get("cpu"), subfield(field, "cpu")),
+        "memory": {"min": 8.0, "max": None} if memory is None else parse_range(memory, f"{field}.memory", parse_size),
+        "gpu": default_gpu() if spec.get("gpu") is None else _parse_gpu(spec["gpu"], subfield(field, "gpu")),
+        "disk": _parse_disk(disk, subfield(field, "disk")),
+        "shm_size": None if shm is None else parse_size(shm, subfield(field, "shm_size")),
+    }
+
+
+def _parse_cpu(value: object, field: str) -> dict:
+    """{"min", "max"} CPU count; "arch" is added only when the configuration names one (x86:4.., arm)."""
+    if value is None:
+        return {"min": 2, "max": None}
+    arch, count = None, None
+    if isinstance(value, dict):
+        check_keys(value, field, ("arch", "count"))
+        arch, count = value.get("arch"), value.get("count")
+    elif isinstance(value, str) and value.split(":")[0].strip().lower() in CPU_ARCHS:
+        arch, _, count = (part.strip() or None for part in value.partition(":"))
+    else:
+        count = value
+    result = {"min": 2, "max": None} if count is None else parse_range(count, field, parse_count)
+    if arch is not None:
+        result["arch"] = parse_choice(str(arch).lower(), subfield(field, "arch"), CPU_ARCHS)
+    return result
+
+
+def _parse_disk(value: object, field: str) -> dict:
+    """Disk size range in GB; the {size: ...} mapping form is accepted too."""
+    if value is None:
+        return {"min": 100.0, "max": None}
+    if isinstance(value, dict):
+        check_keys(value, field, ("size",))
+        return parse_range(require(value, "size", subfield(field, "size")), subfield(field, "size"), parse_size)
+    return parse_range(value, field, parse_size)
+
+
+def _gpu_spec(count=None, name=None, memory=None, vendor=None) -> dict:
+    """A GPU requirement; naming a GPU (by name, memory or vendor) without a count means exactly one."""
+    count = count or {"min": 1, "max": 1}
+    if count["min"] is None:
+        count = {"min": 0, "max": count["max"]}
+    return {"count": count, "name": name, "memory": memory, "vendor": vendor}
+
+
+def _parse_gpu(value: object, field: str) -> dict:
+    """The GPU requirement from any of dstack's forms: 2, '2..', 'A100:2', 'amd:MI300X:8', '24GB..80GB', mapping."""
+    if isinstance(value, dict):
+        return _parse_gpu_mapping(value, field)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _gpu_spec(count=parse_range(value, field, parse_count))
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(field, f"expected a GPU spec like A100:2 or 24GB.., got {kind_of(value)}")
+    parts: dict = {}
+    for token in (t.strip() for t in value.split(":")):
+        kind, parsed = _parse_gpu_token(token, value, field)
+        if kind in parts:
+            raise SpecError(field, f"invalid GPU spec {value!r}: the {kind} is given twice ('{token}')")
+        parts[kind] = parsed
+    return _gpu_spec(**parts)
+
+
+def _parse_gpu_token(token: str, value: str, field: str) -> tuple[str, object]:
+    """Classify one ':'-separated part of a GPU spec as vendor, count, memory or names."""
+    if token.lower() in GPU_VENDORS:
+        return "vendor", token.lower()
+    if token and token != ".." and _COUNT_RE.match(token):
+        return "count", parse_range(token, field, parse_count)
+    if _GPU_MEMORY_RE.search(token):
+        return "memory", parse_range(token, field, parse_size)
+    if _GPU_NAMES_RE.match(token):
+        return "name", _gpu_names(token.split(","), field)
+    raise SpecError(
+        field,
+        f"invalid GPU spec {value!r}: cannot read '{token}' as a vendor, GPU names (A100,H100), "
+        "a count (2, 1..4) or a memory size (24GB..)",
+    )
+
+
+def _gpu_names(names: list, field: str) -> list[str]:
+    """GPU model names, upper-cased so that matching against a catalogue does not depend on case."""
+    result = []
+    for name in parse_string_list(names, field):
+        if not _GPU_NAMES_RE.match(name) or "," in name:
+            raise SpecError(field, f"invalid GPU name {name!r}")
+        if name.upper() not in result:
+            result.append(name.upper())
+    return result
+
+
+def _parse_gpu_mapping(value: dict, field: str) -> dict:
+    """The {name, count, memory, vendor} form of a GPU requirement."""
+    check_keys(value, field, ("name", "count", "memory", "vendor"), ("total_memory", "compute_capability"))
+    parts = {}
+    if value.get("name") is not None:
+        parts["name"] = _gpu_names(value["name"], subfield(field, "name"))
+    if value.get("count") is not None:
+        parts["count"] = parse_range(value["count"], subfield(field, "count"), parse_count)
+    if value.get("memory") is not None:
+        parts["memory"] = parse_range(value["memory"], subfield(field, "memory"), parse_size)
+    if value.get("vendor") is not None:
+        vendor = value["vendor"].lower() if isinstance(value["vendor"], str) else value["vendor"]
+        parts["vendor"] = parse_choice(vendor, subfield(field, "vendor"), GPU_VENDORS)
+    return _gpu_spec(**parts)
+
+
+# --- env, retry, placement ---------------------------------------------------------------------
+
+
+def parse_env(value: object, field: str = "env") -> dict[str, str]:
+    """Environment variables from a list of 'KEY=VALUE' strings or a mapping; values become strings."""
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        return dict(_parse_env_item(item, f"{field}[{i}]") for i, item in enumerate(value))
+    env = require_mapping(value, field)
+    result = {}
+    for key, item in env.items():
+        _check_env_key(key, subfield(field, key))
+        # Booleans are refused rather than guessed: YAML turns an unquoted yes/off into True/False.
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise SpecError(subfield(field, key), f"expected a string value (quote it), got {kind_of(item)}")
+        result[key] = str(item)
+    return result
+
+
+def _parse_env_item(item: object, field: str) -> tuple[str, str]:
+    """One 'KEY=VALUE' list item. A bare KEY (dstack reads it from the client's shell) cannot be honoured here."""
+    if not isinstance(item, str) or "=" not in item:
+        raise SpecError(field, f"expected 'KEY=VALUE', got {item!r}")
+    key, _, val = item.partition("=")
+    _check_env_key(key, field)
+    return key, val
+
+
+def _check_env_key(key: object, field: str) -> None:
+    if not isinstance(key, str) or not _ENV_KEY_RE.match(key):
+        raise SpecError(field, f"invalid environment variable name {key!r}")
+
+
+def parse_retry(value: object, field: str = "retry") -> dict | None:
+    """{"on_events", "duration", "interval"} in seconds, or None when retry is off (false or absent)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {"on_events": list(RETRY_EVENTS), "duration": RETRY_DEFAULT_DURATION, "interval": RETRY_DEFAULT_INTERVAL}
+    spec = require_mapping(value, field)
+    check_keys(spec, field, ("on_events", "duration", "max_duration", "interval"))
+    duration_key = pick_alias(spec, "duration", "max_duration", field)
+    duration = spec.get(duration_key)
+    interval = spec.get("interval")
+    return {
+        "on_events": _parse_retry_events(spec.get("on_events"), subfield(field, "on_events")),
+        "duration": RETRY_DEFAULT_DURATION if duration is None else parse_duration(duration, f"{field}.{duration_key}"),
+        "interval": RETRY_DEFAULT_INTERVAL if interval is None else _positive_duration(interval, f"{field}.interval"),
+    }
+
+
+def _parse_retry_events(value: object, field: str) -> list[str]:
+    if value is None:
+        return list(RETRY_EVENTS)
+    events = parse_string_list(value, field)
+    if not events:
+        raise SpecError(field, f"must list at least one of {', '.join(RETRY_EVENTS)}")
+    for i, event in enumerate(events):
+        parse_choice(event, f"{field}[{i}]", RETRY_EVENTS)
+    return list(dict.fromkeys(events))
+
+
+def _positive_duration(value: object, field: str) -> int:
+    # A zero retry interval would resubmit a crashing replica in a tight loop.
+    seconds = parse_duration(value, field)
+    if seconds < 1:
+        raise SpecError(field, "must be at least 1s")
+    return seconds
+
+
+def pick_alias(doc: dict, key: str, alias: str, field: str = "") -> str:
+    """The key under which a value aliased by dstack is given (``key`` when neither); both is an error."""
+    if doc.get(key) is not None and doc.get(alias) is not None:
+        raise SpecError(subfield(field, alias), f"give only one of '{key}' and '{alias}'")
+    return alias if doc.get(alias) is not None else key
+
+
+def parse_placement(doc: dict) -> dict:
+    """The offer filters shared by fleets and runs: backends, regions, zones, instance types, spot, price."""
+    result = {}
+    for key in ("backends", "regions", "availability_zones", "instance_types"):
+        result[key] = None if doc.get(key) is None else parse_string_list(doc[key], key)
+    spot = doc.get("spot_policy")
+    result["spot_policy"] = "on-demand" if spot is None else parse_choice(spot, "spot_policy", SPOT_POLICIES)
+    result["max_price"] = None if doc.get("max_price") is None else parse_price(doc["max_price"], "max_price")
+    return result

@@ -1,0 +1,61 @@
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from runs.models import Job, Run, RunType
+
+
+class JobSerializer(serializers.ModelSerializer):
+    instance = serializers.CharField(source="instance.name", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = Job
+        fields = ["name", "replica_num", "job_num", "submission_num", "status", "status_message",
+                  "termination_reason", "exit_status", "instance", "blocks", "volumes", "submitted_at",
+                  "started_at", "finished_at"]
+        read_only_fields = fields
+
+
+class ReplicasSerializer(serializers.Serializer):
+    desired = serializers.IntegerField()
+    running = serializers.IntegerField()
+
+
+class RunSerializer(serializers.ModelSerializer):
+    """A run. Services also show ``replicas`` and ``health``; they are null for tasks.
+
+    The queryset must be annotated with ``running_replicas`` (see ``runs.selectors``).
+    """
+
+    replicas = serializers.SerializerMethodField()
+    health = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Run
+        fields = ["name", "type", "status", "status_message", "termination_reason", "replicas", "health", "spec",
+                  "submitted_at", "terminating_since", "finished_at", "updated_at"]
+        read_only_fields = fields
+
+    @extend_schema_field(ReplicasSerializer(allow_null=True))
+    def get_replicas(self, run: Run):
+        if run.type != RunType.SERVICE:
+            return None
+        return {"desired": run.desired_replicas, "running": getattr(run, "running_replicas", 0)}
+
+    @extend_schema_field(serializers.ChoiceField(choices=["healthy", "degraded", "down"], allow_null=True))
+    def get_health(self, run: Run):
+        if run.type != RunType.SERVICE:
+            return None
+        running = getattr(run, "running_replicas", 0)
+        if running == 0:
+            return "down"
+        return "healthy" if running >= run.desired_replicas else "degraded"
+
+
+class StopSerializer(serializers.Serializer):
+    abort = serializers.BooleanField(required=False, default=False)
+
+    def validate(self, attrs):
+        unknown = set(self.initial_data) - {"abort"} if isinstance(self.initial_data, dict) else set()
+        if unknown:
+            raise serializers.ValidationError({k: ["unknown field"] for k in sorted(unknown)})
+        return attrs

@@ -1,0 +1,62 @@
+import django_filters
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from projects.api.base import ProjectScopedViewSet
+from projects.apply import typed_document
+from runs import services
+from runs.api.serializers import JobSerializer, RunSerializer, StopSerializer
+from runs.models import Job, Run, RunStatus
+from runs.selectors import runs_with_replica_counts
+from runs.specs import parse_run_spec
+
+
+class RunFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=RunStatus.choices)
+
+    class Meta:
+        model = Run
+        fields = ["status"]
+
+
+class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
+    """Runs. ``POST`` takes a dstack task or service configuration (as JSON)."""
+
+    serializer_class = RunSerializer
+    filterset_class = RunFilter
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Run.objects.none()
+        return runs_with_replica_counts(Run.objects.filter(project=self.project))
+
+    def _respond(self, run: Run, code: int) -> Response:
+        return Response(self.get_serializer(self.get_queryset().get(pk=run.pk)).data, status=code)
+
+    @extend_schema(request=dict, responses={202: RunSerializer})
+    def create(self, request, *args, **kwargs):
+        doc = typed_document(request.data, None)
+        spec = parse_run_spec(doc)
+        result = services.submit_run(project=self.project, spec=spec, user=request.user)
+        return self._respond(result.resource, status.HTTP_202_ACCEPTED)
+
+    def destroy(self, request, *args, **kwargs):
+        services.delete_run(run=self.get_object(), actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=StopSerializer, responses={202: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def stop(self, request, *args, **kwargs):
+        serializer = StopSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        run = services.stop_run(run=self.get_object(), abort=serializer.validated_data["abort"], actor=self.actor)
+        return self._respond(run, status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=JobSerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def jobs(self, request, *args, **kwargs):
+        run = self.get_object()
+        page = self.paginate_queryset(Job.objects.filter(run=run).select_related("instance"))
+        return self.get_paginated_response(JobSerializer(page, many=True).data)

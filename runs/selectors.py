@@ -1,0 +1,14 @@
+"""Reads about runs, shared by API, admin and tasks."""
+
+from django.db.models import Count, Q, QuerySet
+
+from runs.models import JobStatus, Run
+
+
+def runs_with_replica_counts(queryset: QuerySet[Run] | None = None) -> QuerySet[Run]:
+    """Runs annotated with ``running_replicas`` (replicas with a running job) in the same query."""
+    queryset = Run.objects.all() if queryset is None else queryset
+    # An aggregate drops Meta.ordering (GROUP BY), so the order is restated for stable pagination.
+    return queryset.annotate(
+        running_replicas=Count("jobs__replica_num", filter=Q(jobs__status=JobStatus.RUNNING), distinct=True)
+    ).order_by("-submitted_at", "-id")

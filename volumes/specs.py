@@ -1,0 +1,49 @@
+"""The dstack-compatible network volume configuration (``type: volume``): parsing and validation."""
+
+from projects.specs import (
+    SpecError,
+    check_keys,
+    check_type,
+    parse_name,
+    parse_size,
+    parse_str,
+    require,
+    require_mapping,
+)
+
+VOLUME_FIELDS = ("type", "name", "backend", "region", "availability_zone", "size", "volume_id")
+# dstack volume fields Stackyard does not implement: refused by name rather than silently dropped.
+UNSUPPORTED_VOLUME_FIELDS = ("auto_cleanup_duration", "tags")
+
+
+def parse_volume_spec(doc: dict) -> dict:
+    """Validate a volume document and return its normalized spec, or raise SpecError naming the bad field.
+
+    Result: {"type": "volume", "name", "backend", "region", "availability_zone": str | None,
+    "size_gb": int | None, "volume_id": str | None}. ``size`` is required unless ``volume_id``
+    registers an existing volume; when both are given the size is kept as information.
+    """
+    doc = require_mapping(doc, "")
+    check_type(doc, "volume")
+    check_keys(doc, "", VOLUME_FIELDS, UNSUPPORTED_VOLUME_FIELDS)
+    volume_id = None if doc.get("volume_id") is None else parse_str(doc["volume_id"], "volume_id")
+    if doc.get("size") is None and volume_id is None:
+        raise SpecError("size", "this field is required unless 'volume_id' names an existing volume")
+    zone = doc.get("availability_zone")
+    return {
+        "type": "volume",
+        "name": parse_name(require(doc, "name"), "name"),
+        "backend": parse_str(require(doc, "backend"), "backend"),
+        "region": parse_str(require(doc, "region"), "region"),
+        "availability_zone": None if zone is None else parse_str(zone, "availability_zone"),
+        "size_gb": None if doc.get("size") is None else parse_size_gb(doc["size"]),
+        "volume_id": volume_id,
+    }
+
+
+def parse_size_gb(value: object, field: str = "size") -> int:
+    """A positive whole number of GB ('500GB', '1TB', 500)."""
+    size = parse_size(value, field)
+    if size <= 0 or size != int(size):
+        raise SpecError(field, f"must be a positive whole number of GB, got {value!r}")
+    return int(size)
