@@ -100,4 +100,6 @@ class JobFactory(factory.django.DjangoModelFactory):
 
     run = factory.SubFactory(RunFactory)
     project = factory.LazyAttribute(lambda o: o.run.project)
+    job_num = 0
+    replica_num = 0
     name = factory.LazyAttribute(lambda o: f"{o.run.name}-{o.job_num}-{o.replica_num}")

@@ -36,10 +36,14 @@ def _backend_for(project: Project, name: str) -> Backend:
 
 
 def _check_location(backend: Backend, spec: dict) -> None:
-    regions = backend.config.get("regions")
-    if regions and spec["region"] not in regions:
+    locations = get_driver(backend).locations()
+    if spec["region"] not in locations:
         raise InvalidInput(f"region: backend '{backend.name}' has no region '{spec['region']}' "
-                           f"(it has {', '.join(regions)})", field="region")
+                           f"(it has {', '.join(sorted(locations))})", field="region")
+    zone = spec.get("availability_zone")
+    if zone and zone not in locations[spec["region"]]:
+        raise InvalidInput(f"availability_zone: region '{spec['region']}' has no zone '{zone}' "
+                           f"(it has {', '.join(locations[spec['region']])})", field="availability_zone")
 
 
 def apply_volume(*, project: Project, spec: dict, actor: str = "", dry_run: bool = False) -> ApplyResult:

@@ -152,6 +152,10 @@ class Driver(abc.ABC):
         """Return the normalized config, or raise ``InvalidInput`` naming the bad key."""
 
     @abc.abstractmethod
+    def locations(self) -> dict[str, list[str]]:
+        """The regions this backend can use and the availability zones of each (no provider call)."""
+
+    @abc.abstractmethod
     def offers(self) -> list[Offer]:
         """Every instance type this account can launch, per zone, on-demand and spot."""
 

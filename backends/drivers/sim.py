@@ -116,7 +116,7 @@ class SimDriver(Driver):
     def _faults(self, kind: str) -> list[dict]:
         return [f.params for f in SimFault.objects.filter(backend_id=self.backend.pk, kind=kind)]
 
-    def _zones(self) -> dict[str, list[str]]:
+    def locations(self) -> dict[str, list[str]]:
         return {region: sim_catalogue.zones_of(region) for region in self.settings["regions"]}
 
     def _instance(self, instance_id: str) -> SimInstance:
@@ -147,7 +147,7 @@ class SimDriver(Driver):
         return [
             self._offer(itype, region, zone, spot)
             for itype in self.settings["instance_types"]
-            for region, zones in self._zones().items()
+            for region, zones in self.locations().items()
             for zone in zones
             for spot in (False, True)
         ]
@@ -167,7 +167,7 @@ class SimDriver(Driver):
     def create_instance(self, *, name: str, offer: Offer) -> str:
         if offer.instance_type not in {t["name"] for t in self.settings["instance_types"]}:
             raise FatalError(f"instance type {offer.instance_type!r} is not offered by this backend")
-        if offer.availability_zone not in self._zones().get(offer.region, []):
+        if offer.availability_zone not in self.locations().get(offer.region, []):
             raise FatalError(f"zone {offer.availability_zone!r} is not in this backend's region {offer.region!r}")
         if any(f["region"] == offer.region for f in self._faults(SimFaultKind.NO_CAPACITY)):
             raise NoCapacityError(f"no capacity for {offer.instance_type} in {offer.region} (no_capacity fault)")
@@ -240,7 +240,7 @@ class SimDriver(Driver):
 
     @_sim_call
     def create_volume(self, *, name: str, region: str, availability_zone: str | None, size_gb: int) -> VolumeInfo:
-        zones = self._zones()
+        zones = self.locations()
         if region not in zones:
             raise FatalError(f"region {region!r} is not one of this backend's regions: {', '.join(zones)}")
         zone = availability_zone or zones[region][0]
@@ -433,24 +433,30 @@ class SimDriver(Driver):
 # --- fault services (API and admin) ------------------------------------------------------------
 
 
-def add_fault(backend, payload: dict) -> SimFault:
-    """Validate and store a fault on a sim backend; it applies to every driver call from now on."""
+def _require_sim(backend) -> None:
     if backend.type != "sim":
         raise InvalidInput(
             f"backend {backend.name!r} is a {backend.type} backend; faults exist only on sim backends",
             code="not_a_sim_backend",
         )
+
+
+def add_fault(backend, payload: dict) -> SimFault:
+    """Validate and store a fault on a sim backend; it applies to every driver call from now on."""
+    _require_sim(backend)
     fault = validate_fault(payload)
     return SimFault.objects.create(backend=backend, kind=fault.pop("kind"), params=fault)
 
 
 def list_faults(backend):
     """The backend's faults, oldest first (a queryset of ``SimFault``)."""
+    _require_sim(backend)
     return SimFault.objects.filter(backend=backend).order_by("id")
 
 
 def clear_faults(backend, kind: str | None = None) -> int:
     """Delete the backend's faults (only those of ``kind`` if given); return how many were deleted."""
+    _require_sim(backend)
     if kind is not None and kind not in FAULT_SCHEMAS:
         raise InvalidInput(f"unknown fault kind {kind!r}", code="invalid_fault", field="kind")
     faults = SimFault.objects.filter(backend=backend)
