@@ -85,9 +85,13 @@ class ServiceForm(forms.ModelForm):
                 self.call_service()
                 transaction.set_rollback(True)
         except ServiceError as err:
-            field = err.extra.get("field")
-            self.add_error(field if field in self.fields else None, err.detail)
+            self.add_error(self.error_field(err), err.detail)
         return cleaned
+
+    def error_field(self, err: ServiceError) -> str | None:
+        """The form field an error belongs to (None: the whole form)."""
+        field = err.extra.get("field")
+        return field if field in self.fields else None
 
 
 class ServiceFormAdmin(admin.ModelAdmin):

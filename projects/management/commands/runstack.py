@@ -87,16 +87,16 @@ def _public_base_url(host: str, port: int) -> str:
     return f"http://{_address(host, port)}"
 
 
-def child_commands(host: str, port: int, concurrency: int) -> dict[str, list[str]]:
+def child_commands(host: str, port: int, concurrency: int, loglevel: str = "WARNING") -> dict[str, list[str]]:
     """The command line of each child, run from the project root with the venv's interpreter."""
     data_dir = Path(settings.DATA_DIR)
     celery = [sys.executable, "-m", "celery", "-A", "config"]
     return {
         "web": [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "runserver", "--noreload", "--insecure",
                 _address(host, port)],
-        "worker": [*celery, "worker", "--loglevel=INFO", "--pool=threads", f"--concurrency={concurrency}",
+        "worker": [*celery, "worker", f"--loglevel={loglevel}", "--pool=threads", f"--concurrency={concurrency}",
                    "--without-gossip", "--without-mingle"],
-        "beat": [*celery, "beat", "--loglevel=INFO", "--scheduler=django_celery_beat.schedulers:DatabaseScheduler",
+        "beat": [*celery, "beat", f"--loglevel={loglevel}", "--scheduler=django_celery_beat.schedulers:DatabaseScheduler",
                  f"--schedule={data_dir / 'celerybeat-schedule'}", f"--pidfile={data_dir / 'celerybeat.pid'}"],
     }
 
@@ -108,8 +108,10 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1", help="address the web server listens on")
         parser.add_argument("--port", type=int, default=8000, help="port of the web server")
         parser.add_argument("--concurrency", type=int, default=4, help="threads of the Celery worker")
+        parser.add_argument("--celery-loglevel", default="WARNING",
+                            help="log level of the worker and beat (INFO shows every task; default WARNING)")
 
-    def handle(self, *args, host: str, port: int, concurrency: int, **options):
+    def handle(self, *args, host: str, port: int, concurrency: int, celery_loglevel: str, **options):
         self.lock = threading.Lock()
         call_command("migrate", interactive=False, verbosity=max(0, options["verbosity"] - 1))
         try:
@@ -121,7 +123,7 @@ class Command(BaseCommand):
         stop = StopRequest()
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        children = self._start(child_commands(host, port, concurrency))
+        children = self._start(child_commands(host, port, concurrency, celery_loglevel))
         try:
             failed = self._supervise(children, stop, _public_base_url(host, port), token)
         finally:
