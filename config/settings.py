@@ -165,13 +165,14 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 
 RECONCILE_INTERVAL = float(os.environ.get("STACKYARD_RECONCILE_INTERVAL", "2"))
 # Periodic, level-triggered reconcilers. Each entry expires within its interval so a backlog of
-# ticks never piles up behind a slow pass. Apps add their entries in later issues.
+# ticks never piles up behind a slow pass.
+def _every(seconds: float, task: str) -> dict:
+    return {"task": task, "schedule": seconds, "options": {"expires": seconds}}
+
+
 CELERY_BEAT_SCHEDULE = {
-    "volumes.process_volumes": {
-        "task": "volumes.process_volumes",
-        "schedule": RECONCILE_INTERVAL,
-        "options": {"expires": RECONCILE_INTERVAL},
-    },
+    name: _every(RECONCILE_INTERVAL, name)
+    for name in ("volumes.process_volumes", "fleets.terminate_instances")
 }
 
 ADMIN_TOKEN = os.environ.get("STACKYARD_ADMIN_TOKEN") or None

@@ -12,7 +12,6 @@ from projects.models import Project
 from projects.services import ApplyResult, compare_and_swap, record_event
 from runs.models import (
     JOB_ACTIVE_STATES,
-    JOB_FINISHED_STATES,
     RUN_ACTIVE_STATES,
     RUN_FINISHED_STATES,
     Job,
@@ -151,5 +150,3 @@ def delete_run(*, run: Run, actor: str = "") -> None:
     _event(run, "deleted", actor=actor)
     run.delete()
 
-
-__all__ = ["JOB_FINISHED_STATES", "submit_run", "stop_run", "delete_run", "finish_run_if_jobs_finished"]

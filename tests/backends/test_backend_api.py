@@ -26,7 +26,8 @@ def test_credentials_are_write_only_and_encrypted_at_rest(project, api):
 
 
 def test_config_is_validated_and_patchable(project, api):
-    assert api.post(BACKENDS, {"name": "lab", "type": "sim", "config": {"latency": 0}}, format="json").status_code == 201
+    created = api.post(BACKENDS, {"name": "lab", "type": "sim", "config": {"latency": 0}}, format="json")
+    assert created.status_code == 201
     response = api.patch(BACKENDS + "lab/", {"config": {"regions": ["us-east-1"]}}, format="json")
     assert response.status_code == 200
     assert response.json()["config"]["regions"] == ["us-east-1"]
