@@ -3,6 +3,7 @@
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as confirm_delete_selected
+from django.contrib.admin.utils import unquote
 from django.db import transaction
 from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
@@ -97,7 +98,7 @@ class BackendAdmin(ServiceFormAdmin):
     def live_volumes(self, obj):
         return obj.n_volumes
 
-    @admin.display(description="credentials", boolean=True)
+    @admin.display(description="credentials stored", boolean=True)
     def credentials_set(self, obj):
         return obj.has_credentials
 
@@ -118,7 +119,7 @@ class BackendAdmin(ServiceFormAdmin):
         try:
             return super().delete_view(request, object_id, extra_context)
         except ServiceError as err:  # raised by delete_model; the view's transaction rolled back
-            self.message_user(request, refusal_text(self.get_object(request, object_id), err), messages.ERROR)
+            self.message_user(request, refusal_text(self.get_object(request, unquote(object_id)), err), messages.ERROR)
             return HttpResponseRedirect(reverse("admin:backends_backend_change", args=[object_id]))
 
     @admin.action(permissions=["delete"], description="Delete selected backends")
