@@ -170,10 +170,19 @@ def _every(seconds: float, task: str) -> dict:
     return {"task": task, "schedule": seconds, "options": {"expires": seconds}}
 
 
+VERIFY_BLOCKS_INTERVAL = float(os.environ.get("STACKYARD_VERIFY_BLOCKS_INTERVAL", "60"))
 CELERY_BEAT_SCHEDULE = {
     name: _every(RECONCILE_INTERVAL, name)
-    for name in ("volumes.process_volumes", "fleets.terminate_instances")
+    for name in (
+        "runs.place_jobs",
+        "runs.process_jobs",
+        "fleets.process_fleets",
+        "fleets.process_instances",
+        "fleets.terminate_instances",
+        "volumes.process_volumes",
+    )
 }
+CELERY_BEAT_SCHEDULE["fleets.verify_block_counts"] = _every(VERIFY_BLOCKS_INTERVAL, "fleets.verify_block_counts")
 
 ADMIN_TOKEN = os.environ.get("STACKYARD_ADMIN_TOKEN") or None
 

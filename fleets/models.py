@@ -23,6 +23,7 @@ class Fleet(models.Model):
     spec = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=FleetStatus.choices, default=FleetStatus.SUBMITTED)
     status_message = models.TextField(blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -51,6 +52,9 @@ INSTANCE_ACTIVE_STATES = (
     InstanceStatus.TERMINATING,
 )
 INSTANCE_FINISHED_STATES = (InstanceStatus.TERMINATED,)
+INSTANCE_UP_STATES = (InstanceStatus.IDLE, InstanceStatus.BUSY)
+# Jobs may be assigned to an instance that is still coming up; they start once it is up.
+INSTANCE_ASSIGNABLE_STATES = (InstanceStatus.PENDING, InstanceStatus.PROVISIONING, *INSTANCE_UP_STATES)
 
 
 class Instance(models.Model):
@@ -82,6 +86,7 @@ class Instance(models.Model):
     termination_reason = models.CharField(max_length=64, blank=True, default="")
     total_blocks = models.PositiveIntegerField(default=1)
     lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    idle_since = models.DateTimeField(null=True, blank=True)
     busy_blocks = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -16,6 +16,7 @@ from fleets.models import (
     InstanceStatus,
 )
 from projects import leases
+from projects.background import enqueue_on_commit
 from projects.errors import Conflict, InvalidInput
 from projects.models import Project
 from projects.services import ApplyResult, compare_and_swap, record_event, spec_changes
@@ -54,12 +55,20 @@ def apply_fleet(*, project: Project, spec: dict, actor: str = "", dry_run: bool 
             result.resource = existing
             record_event(project=project, resource_type="fleet", resource_name=existing.name, kind="spec_updated",
                          message="changed " + ", ".join(result.changes), actor=actor)
+            _kick_fleets()
             return result
         if existing is not None:
             existing.delete()
         result.resource = Fleet.objects.create(project=project, name=spec["name"], spec=spec)
         record_event(project=project, resource_type="fleet", resource_name=spec["name"], kind="submitted", actor=actor)
+        _kick_fleets()
         return result
+
+
+def _kick_fleets() -> None:
+    from fleets.tasks import process_fleets
+
+    enqueue_on_commit(process_fleets)
 
 
 def _plan_fleet(existing: Fleet | None, spec: dict) -> ApplyResult:
@@ -112,15 +121,19 @@ def finish_fleet_if_empty(*, fleet_id: int) -> bool:
 def create_instance(
     *, fleet: Fleet, backend: Backend, region: str, availability_zone: str = "", instance_type: str = "",
     resources: dict | None = None, price: float = 0, spot: bool = False, total_blocks: int = 1, actor: str = "",
-) -> Instance:
+    max_instances: int | None = None,
+) -> Instance | None:
     """Record a new ``pending`` instance of ``fleet`` on ``backend``, named ``{fleet}-{n}``.
 
-    Takes the backend's row lock first, so it cannot race a backend deletion.
+    Takes the backend's row lock first, so it cannot race a backend deletion, then the fleet's, so
+    concurrent growth never exceeds ``max_instances`` live instances (None is returned then).
     """
     backend = lock_backend(backend.pk)
     if backend.project_id != fleet.project_id:
         raise InvalidInput("the backend belongs to another project", field="backend")
     fleet = Fleet.objects.select_for_update().get(pk=fleet.pk)
+    if max_instances is not None and fleet.instances.filter(status__in=TERMINATABLE_STATES).count() >= max_instances:
+        return None
     num = (fleet.instances.aggregate(n=Max("instance_num"))["n"] + 1) if fleet.instances.exists() else 0
     instance = Instance.objects.create(
         project_id=fleet.project_id, fleet=fleet, backend=backend, name=f"{fleet.name}-{num}", instance_num=num,
@@ -155,10 +168,22 @@ def process_terminating_instances(*, limit: int = 50) -> int:
     # Never terminate an instance under a running job or with a volume attached.
     busy = Q(jobs__status__in=JOB_ACTIVE_STATES) | Q(attachments__status__in=ATTACHMENT_LIVE_STATES)
     ready = Q(status=InstanceStatus.TERMINATING) & ~Q(pk__in=Instance.objects.filter(busy).values("pk"))
+    _stop_jobs_on_terminating_instances()
     done = 0
     for pk in leases.claim(Instance, ready, limit=limit):
         done += _terminate_claimed_instance(pk)
     return done
+
+
+def _stop_jobs_on_terminating_instances() -> None:
+    """Jobs still running on an instance being terminated are stopped first (by the server)."""
+    from runs.jobs import request_job_stop
+    from runs.models import Job, JobStatus, JobTerminationReason
+
+    doomed = Job.objects.filter(instance__status=InstanceStatus.TERMINATING,
+                                status__in=(JobStatus.SUBMITTED, JobStatus.PROVISIONING, JobStatus.RUNNING))
+    for job in doomed.order_by("pk")[:200]:
+        request_job_stop(job=job, reason=JobTerminationReason.STOPPED_BY_SERVER)
 
 
 def _terminate_claimed_instance(pk: int) -> int:

@@ -3,16 +3,15 @@
 import secrets
 
 from django.db import transaction
-from django.utils import timezone
 
 from fleets.models import Fleet
 from fleets.services import check_backend_references
+from projects.background import enqueue_on_commit
 from projects.errors import Conflict, InvalidInput
 from projects.models import Project
-from projects.services import ApplyResult, compare_and_swap, record_event
+from projects.services import ApplyResult, record_event
+from runs.jobs import refresh_run_status, start_run_termination
 from runs.models import (
-    JOB_ACTIVE_STATES,
-    RUN_ACTIVE_STATES,
     RUN_FINISHED_STATES,
     Job,
     JobStatus,
@@ -80,6 +79,9 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
             for node in range(int(spec.get("nodes") or 1))
         )
         _event(run, "submitted", actor=actor)
+        from runs.tasks import place_jobs
+
+        enqueue_on_commit(place_jobs)
         result.resource = run
         return result
 
@@ -88,57 +90,38 @@ def stop_run(*, run: Run, abort: bool = False, actor: str = "") -> Run:
     """Stop (or abort) a run: it goes ``terminating`` and ends once every job is finished.
 
     Jobs that never got an instance finish at once; jobs on instances are stopped by the job
-    reconciler, which releases their blocks only after their volumes are confirmed detached.
-    Aborting an already terminating run is allowed (it escalates to a forced stop).
+    reconciler, which releases their blocks only once their workload is stopped. Aborting a run
+    that is already terminating is allowed: it escalates the stop.
     """
     reason = RunTerminationReason.ABORTED_BY_USER if abort else RunTerminationReason.STOPPED_BY_USER
-    with transaction.atomic():
-        run = Run.objects.select_for_update().get(pk=run.pk)
-        if run.status in RUN_FINISHED_STATES:
-            raise Conflict(f"run '{run.name}' is already {run.status}", code="run_finished")
-        if run.status == RunStatus.TERMINATING and not abort:
-            return run
-        now = timezone.now()
-        compare_and_swap(Run, pk=run.pk, allowed_from=RUN_ACTIVE_STATES, to=RunStatus.TERMINATING,
-                         termination_reason=reason, terminating_since=run.terminating_since or now,
-                         status_message="aborting" if abort else "stopping")
-        _event(run, "terminating", reason, actor)
-        _stop_jobs(run, abort=abort, actor=actor)
-    finish_run_if_jobs_finished(run_id=run.pk)
+    run = Run.objects.get(pk=run.pk)
+    if run.status in RUN_FINISHED_STATES:
+        raise Conflict(f"run '{run.name}' is already {run.status}", code="run_finished")
+    if run.status == RunStatus.TERMINATING:
+        if abort:
+            _escalate_to_abort(run, actor)
+    else:
+        start_run_termination(run=run, reason=reason, actor=actor)
+    refresh_run_status(run_id=run.pk)
+    _kick_jobs()
     run.refresh_from_db()
     return run
 
 
-def _stop_jobs(run: Run, *, abort: bool, actor: str) -> None:
-    reason = JobTerminationReason.ABORTED_BY_USER if abort else JobTerminationReason.STOPPED_BY_USER
-    final = JobStatus.ABORTED if abort else JobStatus.TERMINATED
-    for job in run.jobs.filter(status__in=JOB_ACTIVE_STATES).order_by("pk"):
-        if job.instance_id is None:
-            moved = compare_and_swap(Job, pk=job.pk, allowed_from=JOB_ACTIVE_STATES, to=final,
-                                     termination_reason=reason, finished_at=timezone.now())
-        else:
-            moved = compare_and_swap(Job, pk=job.pk, allowed_from=JOB_ACTIVE_STATES, to=JobStatus.TERMINATING,
-                                     termination_reason=reason)
-        if moved:
-            record_event(project=run.project_id, resource_type="job", resource_name=job.name,
-                         kind=final if job.instance_id is None else "terminating", message=reason, actor=actor)
-
-
-def finish_run_if_jobs_finished(*, run_id: int) -> bool:
-    """A terminating run ends when all its jobs are finished: ``terminated`` if stopped, else ``failed``."""
+def _escalate_to_abort(run: Run, actor: str) -> None:
     with transaction.atomic():
-        run = Run.objects.select_for_update().get(pk=run_id)
-        if run.status != RunStatus.TERMINATING:
-            return False
-        if run.jobs.filter(status__in=JOB_ACTIVE_STATES).exists():
-            return False
-        user_stop = run.termination_reason in (RunTerminationReason.STOPPED_BY_USER,
-                                               RunTerminationReason.ABORTED_BY_USER)
-        final = RunStatus.TERMINATED if user_stop else RunStatus.FAILED
-        compare_and_swap(Run, pk=run.pk, allowed_from=(RunStatus.TERMINATING,), to=final,
-                         finished_at=timezone.now(), status_message="")
-        _event(run, final, run.termination_reason)
-        return True
+        updated = Run.objects.filter(pk=run.pk, status=RunStatus.TERMINATING).exclude(
+            termination_reason=RunTerminationReason.ABORTED_BY_USER
+        ).update(termination_reason=RunTerminationReason.ABORTED_BY_USER, status_message="aborting")
+        if updated:
+            run.jobs.filter(status=JobStatus.TERMINATING).update(termination_reason=JobTerminationReason.ABORTED_BY_USER)
+            _event(run, "abort_requested", actor=actor)
+
+
+def _kick_jobs() -> None:
+    from runs.tasks import process_jobs
+
+    enqueue_on_commit(process_jobs)
 
 
 @transaction.atomic

@@ -1,0 +1,274 @@
+"""Fleet provisioning: keep ``nodes.min`` instances, grow elastic fleets on demand, bring instances up
+through their drivers, notice interruptions, and retire instances idle past ``idle_duration``.
+
+Cloud calls never run inside a database transaction: an instance row is created (``pending``,
+under the backend lock) before the driver is asked for it, and the driver's answer is recorded with
+a compare-and-swap. A worker killed in between leaves a leased row that the next pass picks up.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from backends.drivers.base import DriverError, NoCapacityError, Offer, TransientError
+from backends.drivers.registry import get_driver
+from backends.models import Backend
+from fleets.models import INSTANCE_UP_STATES, Fleet, FleetStatus, Instance, InstanceStatus
+from fleets.resources import blocks_needed, mismatch, total_blocks_for
+from fleets.services import TERMINATABLE_STATES, create_instance, request_instance_termination
+from projects import leases
+from projects.background import enqueue_on_commit
+from projects.services import compare_and_swap, record_event
+
+logger = logging.getLogger(__name__)
+NO_CAPACITY_MEMORY = timedelta(minutes=5)
+LIVE_STATES = TERMINATABLE_STATES
+UP_POLL_SECONDS = 5
+
+
+def _event(instance: Instance, kind: str, message: str = "") -> None:
+    record_event(project=instance.project_id, resource_type="instance", resource_name=instance.name, kind=kind,
+                 message=message)
+
+
+# --- offers -----------------------------------------------------------------------------------
+
+
+def _offer_filter_reason(offer: Offer, spec: dict) -> str | None:
+    """Why a spec's placement settings (regions, zones, types, spot policy, price) rule an offer out."""
+    for key, value in (("regions", offer.region), ("availability_zones", offer.availability_zone),
+                       ("instance_types", offer.instance_type)):
+        if spec.get(key) and value not in spec[key]:
+            return f"{key} excludes {value}"
+    policy = spec.get("spot_policy", "on-demand")
+    if (policy == "spot" and not offer.spot) or (policy == "on-demand" and offer.spot):
+        return "spot policy"
+    if spec.get("max_price") is not None and offer.price > spec["max_price"]:
+        return "over max_price"
+    return None
+
+
+def _recent_no_capacity(project_id: int) -> set[tuple[int, str]]:
+    """(backend, region) pairs that answered "no capacity" lately: tried last, not first."""
+    since = timezone.now() - NO_CAPACITY_MEMORY
+    return set(Instance.objects.filter(project_id=project_id, termination_reason="no_capacity", updated_at__gte=since)
+               .values_list("backend_id", "region"))
+
+
+def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = None) -> tuple[list, list[str]]:
+    """Offers that satisfy the fleet (and the run, if growing for one), cheapest first.
+
+    Returns ``([(backend, offer, total_blocks), ...], reasons)`` where ``reasons`` says why the
+    backends gave nothing. Offers in a region that just ran out of capacity come last.
+    """
+    names = fleet_spec.get("backends") or []
+    backends = Backend.objects.filter(project_id=project_id)
+    if names:
+        backends = backends.filter(Q(name__in=names) | Q(type__in=names))
+    recent = _recent_no_capacity(project_id)
+    found, reasons = [], []
+    for backend in backends.order_by("name"):
+        try:
+            offers = get_driver(backend).offers()
+        except DriverError as err:
+            reasons.append(f"backend {backend.name}: {err}")
+            continue
+        matched = [item for offer in offers if (item := _fit(backend, offer, fleet_spec, run_spec))]
+        if not matched:
+            reasons.append(f"backend {backend.name}: no offer matches the resources")
+        found.extend(matched)
+    if not backends.exists():
+        reasons.append("no backend matches " + (", ".join(names) if names else "(the project has none)"))
+    found.sort(key=lambda item: ((item[0].pk, item[1].region) in recent, item[1].price))
+    return found, reasons
+
+
+def _fit(backend: Backend, offer: Offer, fleet_spec: dict, run_spec: dict | None):
+    if _offer_filter_reason(offer, fleet_spec) or mismatch(offer.resources, fleet_spec["resources"]):
+        return None
+    total = total_blocks_for(offer.resources, fleet_spec.get("blocks", 1))
+    if run_spec is not None:
+        if _offer_filter_reason(offer, run_spec):
+            return None
+        if run_spec.get("nodes", 1) > 1:
+            if mismatch(offer.resources, run_spec["resources"]):
+                return None
+        elif blocks_needed(offer.resources, total, run_spec["resources"])[0] is None:
+            return None
+    return backend, offer, total
+
+
+def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, whole_instance: bool = False):
+    """Add one ``pending`` instance to ``fleet`` (sized for ``run_spec`` if given); (instance, why)."""
+    maximum = fleet.spec["nodes"].get("max")
+    if maximum is not None and fleet.instances.filter(status__in=LIVE_STATES).count() >= maximum:
+        return None, f"at its maximum of {maximum} instance(s)"
+    offers, reasons = choose_offers(project_id=fleet.project_id, fleet_spec=fleet.spec, run_spec=run_spec)
+    if not offers:
+        return None, "; ".join(reasons) or "no offer matches"
+    backend, offer, total = offers[0]
+    instance = create_instance(
+        fleet=fleet, backend=backend, region=offer.region, availability_zone=offer.availability_zone,
+        instance_type=offer.instance_type, resources=offer.resources, price=offer.price, spot=offer.spot,
+        total_blocks=total, max_instances=maximum,
+    )
+    if instance is None:
+        return None, f"at its maximum of {maximum} instance(s)"
+    from fleets.tasks import process_instances
+
+    enqueue_on_commit(process_instances)
+    return instance, ""
+
+
+# --- fleets -----------------------------------------------------------------------------------
+
+
+def reconcile_fleets(*, limit: int = 50) -> int:
+    """Bring every live fleet to ``nodes.min`` instances and retire the idle ones above it."""
+    changed = 0
+    for pk in leases.claim(Fleet, Q(status__in=(FleetStatus.SUBMITTED, FleetStatus.ACTIVE)), limit=limit,
+                           lease_seconds=30):
+        try:
+            changed += _reconcile_fleet(Fleet.objects.get(pk=pk))
+        finally:
+            leases.release(Fleet, pk)
+    return changed
+
+
+def _reconcile_fleet(fleet: Fleet) -> int:
+    live = fleet.instances.filter(status__in=LIVE_STATES).count()
+    created, why = 0, ""
+    for _ in range(max(0, fleet.spec["nodes"]["min"] - live)):
+        instance, why = grow_fleet(fleet=fleet)
+        if instance is None:
+            break
+        created += 1
+    if why:
+        Fleet.objects.filter(pk=fleet.pk).update(status_message=f"cannot reach {fleet.spec['nodes']['min']} "
+                                                 f"instance(s): {why}")
+    if fleet.status == FleetStatus.SUBMITTED and live + created >= fleet.spec["nodes"]["min"]:
+        with transaction.atomic():
+            if compare_and_swap(Fleet, pk=fleet.pk, allowed_from=(FleetStatus.SUBMITTED,), to=FleetStatus.ACTIVE,
+                                status_message=""):
+                record_event(project=fleet.project_id, resource_type="fleet", resource_name=fleet.name,
+                             kind="active")
+    return created + _retire_idle_instances(fleet, live + created)
+
+
+def _retire_idle_instances(fleet: Fleet, live: int) -> int:
+    idle_duration = fleet.spec.get("idle_duration", 300)
+    surplus = live - fleet.spec["nodes"]["min"]
+    if idle_duration is None or surplus <= 0:
+        return 0
+    cutoff = timezone.now() - timedelta(seconds=idle_duration)
+    idle = fleet.instances.filter(status=InstanceStatus.IDLE, busy_blocks=0, idle_since__lt=cutoff)
+    retired = 0
+    for instance in idle.order_by("idle_since")[:surplus]:
+        retired += request_instance_termination(instance=instance, reason="idle_timeout")
+    return retired
+
+
+# --- instances --------------------------------------------------------------------------------
+
+
+def process_instances(*, limit: int = 50) -> int:
+    """Create pending instances at their provider, and poll the others for readiness or loss."""
+    done = 0
+    for pk in leases.claim(Instance, Q(status=InstanceStatus.PENDING), limit=limit):
+        done += _provision(Instance.objects.select_related("backend").get(pk=pk))
+    for pk in leases.claim(Instance, Q(status=InstanceStatus.PROVISIONING), limit=limit):
+        done += _poll(Instance.objects.select_related("backend").get(pk=pk))
+        leases.release(Instance, pk)
+    # Up instances are polled for interruptions at most every few seconds: the lease is kept.
+    for pk in leases.claim(Instance, Q(status__in=INSTANCE_UP_STATES), limit=limit, lease_seconds=UP_POLL_SECONDS):
+        done += _poll(Instance.objects.select_related("backend").get(pk=pk))
+    return done
+
+
+def _offer_of(instance: Instance) -> Offer:
+    return Offer(instance_type=instance.instance_type, region=instance.region,
+                 availability_zone=instance.availability_zone, resources=instance.resources,
+                 price=float(instance.price), spot=instance.spot)
+
+
+def _backoff(instance: Instance, err: Exception) -> int:
+    Instance.objects.filter(pk=instance.pk).update(
+        status_message=f"provider error, retrying: {err}", lease_until=timezone.now() + timedelta(seconds=5))
+    return 0
+
+
+def _provision(instance: Instance) -> int:
+    try:
+        provider_id = get_driver(instance.backend).create_instance(name=instance.name, offer=_offer_of(instance))
+    except TransientError as err:
+        return _backoff(instance, err)
+    except NoCapacityError as err:
+        return _lose(instance, reason="no_capacity", message=f"no capacity: {err}")
+    except DriverError as err:
+        return _lose(instance, reason="provisioning_failed", message=str(err))
+    with transaction.atomic():
+        moved = compare_and_swap(Instance, pk=instance.pk, allowed_from=(InstanceStatus.PENDING,),
+                                 to=InstanceStatus.PROVISIONING, provider_instance_id=provider_id, lease_until=None,
+                                 status_message="")
+        if moved:
+            _event(instance, "provisioning", f"provider id {provider_id}")
+            from fleets.tasks import process_instances as task
+
+            enqueue_on_commit(task)
+    return int(moved)
+
+
+def _poll(instance: Instance) -> int:
+    try:
+        state = get_driver(instance.backend).instance_state(instance_id=instance.provider_instance_id)
+    except TransientError as err:
+        return _backoff(instance, err)
+    except DriverError as err:
+        state, instance.status_message = "terminated", str(err)
+    if state in ("interrupted", "terminated"):
+        return _lose(instance, reason="interrupted", message=f"instance {instance.name} was {state} by the provider")
+    if state != "running" or instance.status != InstanceStatus.PROVISIONING:
+        return 0
+    with transaction.atomic():
+        instance = Instance.objects.select_for_update().get(pk=instance.pk)
+        to = InstanceStatus.BUSY if instance.busy_blocks else InstanceStatus.IDLE
+        moved = compare_and_swap(Instance, pk=instance.pk, allowed_from=(InstanceStatus.PROVISIONING,), to=to,
+                                 idle_since=None if instance.busy_blocks else timezone.now(), lease_until=None)
+        if moved:
+            _event(instance, to, "up")
+            from runs.tasks import process_jobs
+
+            enqueue_on_commit(process_jobs)
+    return int(moved)
+
+
+def _lose(instance: Instance, *, reason: str, message: str) -> int:
+    """The instance is gone (never created, or interrupted): jobs that had not started go back to the
+    queue, running ones fail with ``interrupted``; their blocks are released with them."""
+    from runs.jobs import finish_job, refresh_run_status, return_job_to_queue
+    from runs.models import JOB_ACTIVE_STATES, JobStatus, JobTerminationReason
+
+    with transaction.atomic():
+        moved = compare_and_swap(Instance, pk=instance.pk, allowed_from=LIVE_STATES + (InstanceStatus.TERMINATING,),
+                                 to=InstanceStatus.TERMINATED, termination_reason=reason, status_message=message,
+                                 lease_until=None)
+        if not moved:
+            return 0
+        _event(instance, "terminated", message)
+    run_ids = set()
+    for job in instance.jobs.filter(status__in=JOB_ACTIVE_STATES):
+        run_ids.add(job.run_id)
+        if job.status == JobStatus.PROVISIONING and reason == "no_capacity":
+            return_job_to_queue(job=job, message=message)
+        else:
+            finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.INTERRUPTED if reason ==
+                       "interrupted" else JobTerminationReason.NO_CAPACITY, message=message)
+    for run_id in run_ids:
+        refresh_run_status(run_id=run_id)
+    from runs.tasks import place_jobs
+
+    enqueue_on_commit(place_jobs)
+    return 1

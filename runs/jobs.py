@@ -1,0 +1,170 @@
+"""Job state transitions and the run status they imply: the one place jobs and runs change state.
+
+Lock order everywhere: instance, then job, then run. A job's blocks are taken and given back in
+the same transaction as its own transition (``fleets.blocks``).
+"""
+
+from django.db import transaction
+from django.utils import timezone
+
+from fleets.blocks import give_back_blocks, take_blocks
+from fleets.models import Instance
+from projects.services import compare_and_swap, record_event
+from runs.models import (
+    JOB_ACTIVE_STATES,
+    RUN_FINISHED_STATES,
+    Job,
+    JobStatus,
+    JobTerminationReason,
+    Run,
+    RunStatus,
+    RunTerminationReason,
+)
+
+
+def _job_event(job: Job, kind: str, message: str = "", actor: str = "") -> None:
+    record_event(project=job.project_id, resource_type="job", resource_name=job.name, kind=kind, message=message,
+                 actor=actor)
+
+
+def assign_job_to_instance(*, job: Job, instance: Instance, blocks: int) -> bool:
+    """Give a submitted job ``blocks`` of ``instance``; False (nothing changed) if either moved first."""
+    with transaction.atomic():
+        if not take_blocks(instance_id=instance.pk, blocks=blocks):
+            return False
+        if not compare_and_swap(Job, pk=job.pk, allowed_from=(JobStatus.SUBMITTED,), to=JobStatus.PROVISIONING,
+                                instance=instance, blocks=blocks, status_message=f"placed on {instance.name}"):
+            transaction.set_rollback(True)
+            return False
+        _job_event(job, "provisioning", f"{blocks}/{instance.total_blocks} block(s) of {instance.name}")
+    return True
+
+
+def return_job_to_queue(*, job: Job, message: str) -> bool:
+    """Undo an assignment whose instance never came up: blocks back, job ``submitted`` again."""
+    with transaction.atomic():
+        Instance.objects.select_for_update().filter(pk=job.instance_id).first()
+        if not compare_and_swap(Job, pk=job.pk, allowed_from=(JobStatus.PROVISIONING,), to=JobStatus.SUBMITTED,
+                                instance=None, blocks=0, status_message=message, workload_id=""):
+            return False
+        give_back_blocks(instance_id=job.instance_id, blocks=job.blocks)
+        _job_event(job, "requeued", message)
+    return True
+
+
+def mark_job_running(*, job: Job, workload_id: str) -> bool:
+    with transaction.atomic():
+        moved = compare_and_swap(Job, pk=job.pk, allowed_from=(JobStatus.PROVISIONING,), to=JobStatus.RUNNING,
+                                 workload_id=workload_id, started_at=timezone.now(), status_message="")
+        if moved:
+            _job_event(job, "running")
+    return moved
+
+
+def finish_job(*, job: Job, to: str, reason: str, exit_status: int | None = None, message: str = "",
+               actor: str = "") -> bool:
+    """Finish an unfinished job and release its blocks in the same transaction."""
+    with transaction.atomic():
+        if job.instance_id is not None:
+            Instance.objects.select_for_update().filter(pk=job.instance_id).first()
+        moved = compare_and_swap(Job, pk=job.pk, allowed_from=JOB_ACTIVE_STATES, to=to, termination_reason=reason,
+                                 exit_status=exit_status, finished_at=timezone.now(), status_message=message,
+                                 lease_until=None)
+        if moved:
+            if job.instance_id is not None:
+                give_back_blocks(instance_id=job.instance_id, blocks=job.blocks)
+            _job_event(job, to, message or reason, actor)
+    return moved
+
+
+def request_job_stop(*, job: Job, reason: str, actor: str = "") -> bool:
+    """Stop a job: one that never got an instance finishes at once, others go ``terminating``."""
+    final = JobStatus.ABORTED if reason == JobTerminationReason.ABORTED_BY_USER else JobStatus.TERMINATED
+    if job.instance_id is None:
+        return finish_job(job=job, to=final, reason=reason, actor=actor)
+    with transaction.atomic():
+        moved = compare_and_swap(Job, pk=job.pk, allowed_from=JOB_ACTIVE_STATES, to=JobStatus.TERMINATING,
+                                 termination_reason=reason)
+        if moved:
+            _job_event(job, "terminating", reason, actor)
+    return moved
+
+
+def latest_jobs(run: Run) -> list[Job]:
+    """The newest submission of each (replica, node) of a run."""
+    latest: dict[tuple[int, int], Job] = {}
+    for job in run.jobs.order_by("replica_num", "job_num", "submission_num"):
+        latest[(job.replica_num, job.job_num)] = job
+    return list(latest.values())
+
+
+def _run_event(run: Run, kind: str, message: str = "", actor: str = "") -> None:
+    record_event(project=run.project_id, resource_type="run", resource_name=run.name, kind=kind, message=message,
+                 actor=actor)
+
+
+def start_run_termination(*, run: Run, reason: str, message: str = "", actor: str = "") -> bool:
+    """Move an active run to ``terminating`` with ``reason`` and ask every unfinished job to stop."""
+    job_reason = {
+        RunTerminationReason.STOPPED_BY_USER: JobTerminationReason.STOPPED_BY_USER,
+        RunTerminationReason.ABORTED_BY_USER: JobTerminationReason.ABORTED_BY_USER,
+    }.get(reason, JobTerminationReason.STOPPED_BY_SERVER)
+    with transaction.atomic():
+        moved = compare_and_swap(Run, pk=run.pk, allowed_from=[s for s in RunStatus if s not in RUN_FINISHED_STATES],
+                                 to=RunStatus.TERMINATING, termination_reason=reason,
+                                 terminating_since=run.terminating_since or timezone.now(),
+                                 status_message=message or reason)
+        if not moved:
+            return False
+        _run_event(run, "terminating", message or reason, actor)
+    for job in run.jobs.filter(status__in=JOB_ACTIVE_STATES).order_by("pk"):
+        request_job_stop(job=job, reason=job_reason, actor=actor)
+    return True
+
+
+def refresh_run_status(*, run_id: int) -> str:
+    """Derive a run's status from its latest jobs (the run's own transitions all happen here)."""
+    run = Run.objects.get(pk=run_id)
+    if run.status in RUN_FINISHED_STATES:
+        return run.status
+    if run.status == RunStatus.TERMINATING:
+        return _finish_if_jobs_finished(run)
+    jobs = latest_jobs(run)
+    statuses = {job.status for job in jobs}
+    # The run is not terminating, so a job that ended without success failed on the server's side.
+    failed = next((job for job in jobs if job.status in (JobStatus.FAILED, JobStatus.ABORTED, JobStatus.TERMINATED)),
+                  None)
+    if failed is not None:
+        reason = (RunTerminationReason.NO_CAPACITY if failed.termination_reason == JobTerminationReason.NO_CAPACITY
+                  else RunTerminationReason.JOB_FAILED)
+        start_run_termination(run=run, reason=reason, message=f"job {failed.name} failed: "
+                              f"{failed.status_message or failed.termination_reason}")
+        return _finish_if_jobs_finished(Run.objects.get(pk=run_id))
+    if statuses == {JobStatus.DONE}:
+        _move(run, RunStatus.DONE, termination_reason=RunTerminationReason.ALL_JOBS_DONE, finished_at=timezone.now(),
+              status_message="")
+    elif JobStatus.RUNNING in statuses:
+        _move(run, RunStatus.RUNNING, status_message="")
+    elif JobStatus.PROVISIONING in statuses:
+        _move(run, RunStatus.PROVISIONING, status_message="")
+    return Run.objects.get(pk=run_id).status
+
+
+def _move(run: Run, to: str, **changes) -> bool:
+    if run.status == to:
+        return False
+    with transaction.atomic():
+        moved = compare_and_swap(Run, pk=run.pk, allowed_from=(run.status,), to=to, **changes)
+        if moved:
+            _run_event(run, to, changes.get("termination_reason", ""))
+    return moved
+
+
+def _finish_if_jobs_finished(run: Run) -> str:
+    """A terminating run ends once all its jobs are finished: ``terminated`` if a user stopped it."""
+    if run.jobs.filter(status__in=JOB_ACTIVE_STATES).exists():
+        return run.status
+    by_user = run.termination_reason in (RunTerminationReason.STOPPED_BY_USER, RunTerminationReason.ABORTED_BY_USER)
+    _move(run, RunStatus.TERMINATED if by_user else RunStatus.FAILED, finished_at=timezone.now(),
+          termination_reason=run.termination_reason)
+    return Run.objects.get(pk=run.pk).status

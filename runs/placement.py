@@ -1,0 +1,196 @@
+"""Placement: give each submitted job the blocks it needs on an instance of a fleet it may use.
+
+A job takes the smallest number of blocks whose share satisfies its ``resources``; a multi-node
+job takes whole idle instances, all nodes of a replica at once. When no instance has room, an
+elastic fleet (``nodes: min..max``) below its maximum grows by one instance for the job. Jobs are
+claimed with a lease (SKIP LOCKED), and blocks are taken with a guarded relative update, so any
+number of workers may place at once without overbooking an instance.
+"""
+
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from fleets.models import INSTANCE_ASSIGNABLE_STATES, Fleet, FleetStatus, Instance
+from fleets.provisioning import choose_offers, grow_fleet
+from fleets.resources import blocks_needed, mismatch
+from projects import leases
+from runs.jobs import assign_job_to_instance, finish_job, refresh_run_status
+from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
+
+PLACEABLE_RUN_STATES = (RunStatus.SUBMITTED, RunStatus.PENDING, RunStatus.PROVISIONING, RunStatus.RUNNING)
+
+
+@dataclass
+class Attempt:
+    """Why each candidate did not fit, to tell the user what was looked for."""
+
+    reasons: list[str] = field(default_factory=list)
+
+    def add(self, where: str, why: str) -> None:
+        self.reasons.append(f"{where}: {why}")
+
+
+def place_jobs(*, limit: int = 200) -> int:
+    """Place up to ``limit`` submitted jobs; returns how many were placed."""
+    condition = Q(status=JobStatus.SUBMITTED, instance__isnull=True, run__status__in=PLACEABLE_RUN_STATES)
+    ids = leases.claim(Job, condition, limit=limit, lease_seconds=60)
+    jobs = Job.objects.filter(pk__in=ids).select_related("run").order_by("run_id", "replica_num", "job_num")
+    groups: dict[tuple[int, int], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.run_id, job.replica_num), []).append(job)
+    placed = 0
+    try:
+        for group in groups.values():
+            placed += _place_replica(group)
+    finally:
+        Job.objects.filter(pk__in=ids).update(lease_until=None)
+    return placed
+
+
+def _place_replica(jobs: list[Job]) -> int:
+    run = jobs[0].run
+    if run.spec.get("nodes", 1) > 1:
+        return _place_whole_instances(run, jobs)
+    attempt = Attempt()
+    job = jobs[0]
+    if _place_on_existing(job, attempt) or _place_on_new_instance(job, attempt):
+        _after_placement(run)
+        return 1
+    _cannot_place(run, [job], attempt)
+    return 0
+
+
+def _candidate_instances(run: Run):
+    """Instances the run may use, most loaded first (to pack blocks), then cheapest."""
+    spec = run.spec
+    instances = Instance.objects.filter(project_id=run.project_id, status__in=INSTANCE_ASSIGNABLE_STATES,
+                                        fleet__status__in=(FleetStatus.SUBMITTED, FleetStatus.ACTIVE))
+    if spec.get("fleets"):
+        instances = instances.filter(fleet__name__in=spec["fleets"])
+    for key, column in (("regions", "region"), ("availability_zones", "availability_zone"),
+                        ("instance_types", "instance_type")):
+        if spec.get(key):
+            instances = instances.filter(**{f"{column}__in": spec[key]})
+    if spec.get("backends"):
+        instances = instances.filter(Q(backend__name__in=spec["backends"]) | Q(backend__type__in=spec["backends"]))
+    if spec.get("spot_policy") in ("spot", "on-demand"):
+        instances = instances.filter(spot=spec["spot_policy"] == "spot")
+    if spec.get("max_price") is not None:
+        instances = instances.filter(price__lte=spec["max_price"])
+    return instances.select_related("fleet").order_by("-busy_blocks", "price", "pk")
+
+
+def _place_on_existing(job: Job, attempt: Attempt) -> bool:
+    requirements = job.run.spec["resources"]
+    for instance in _candidate_instances(job.run):
+        blocks, why = blocks_needed(instance.resources, instance.total_blocks, requirements)
+        if blocks is None:
+            attempt.add(instance.name, why)
+        elif blocks > instance.idle_blocks:
+            attempt.add(instance.name, f"needs {blocks} block(s), {instance.idle_blocks}/{instance.total_blocks} idle")
+        elif assign_job_to_instance(job=job, instance=instance, blocks=blocks):
+            return True
+        else:
+            attempt.add(instance.name, "taken by another job at the same moment")
+    if not attempt.reasons:
+        attempt.add("instances", "none in the fleets this run may use")
+    return False
+
+
+def _growable_fleets(run: Run):
+    fleets = Fleet.objects.filter(project_id=run.project_id, status__in=(FleetStatus.SUBMITTED, FleetStatus.ACTIVE))
+    if run.spec.get("fleets"):
+        fleets = fleets.filter(name__in=run.spec["fleets"])
+    return fleets.order_by("name")
+
+
+def _place_on_new_instance(job: Job, attempt: Attempt) -> bool:
+    """Grow an elastic fleet by one instance sized for the job, and assign the job to it."""
+    for fleet in _growable_fleets(job.run):
+        instance, why = grow_fleet(fleet=fleet, run_spec=job.run.spec, whole_instance=False)
+        if instance is None:
+            attempt.add(f"fleet {fleet.name}", why)
+            continue
+        blocks, _ = blocks_needed(instance.resources, instance.total_blocks, job.run.spec["resources"])
+        if blocks is not None and assign_job_to_instance(job=job, instance=instance, blocks=blocks):
+            return True
+    return False
+
+
+def _place_whole_instances(run: Run, jobs: list[Job]) -> int:
+    """All nodes of a multi-node replica take whole idle instances of one fleet, or none does."""
+    attempt = Attempt()
+    requirements = run.spec["resources"]
+    by_fleet: dict[int, list[Instance]] = {}
+    for instance in _candidate_instances(run):
+        why = mismatch(instance.resources, requirements)
+        if why is None and instance.busy_blocks:
+            why = f"{instance.busy_blocks}/{instance.total_blocks} blocks busy; multi-node jobs need whole instances"
+        if why:
+            attempt.add(instance.name, why)
+        else:
+            by_fleet.setdefault(instance.fleet_id, []).append(instance)
+    for instances in by_fleet.values():
+        if len(instances) >= len(jobs) and _assign_gang(jobs, instances):
+            _after_placement(run)
+            return len(jobs)
+    if by_fleet:
+        attempt.add("fleets", f"no fleet has {len(jobs)} idle instances that fit")
+    _cannot_place(run, jobs, attempt)
+    return 0
+
+
+def _assign_gang(jobs: list[Job], instances: list[Instance]) -> bool:
+    with transaction.atomic():
+        for job, instance in zip(jobs, instances, strict=False):
+            if not assign_job_to_instance(job=job, instance=instance, blocks=instance.total_blocks):
+                transaction.set_rollback(True)
+                return False
+    return True
+
+
+def _after_placement(run: Run) -> None:
+    from fleets.tasks import process_instances
+    from projects.background import enqueue_on_commit
+    from runs.tasks import process_jobs
+
+    refresh_run_status(run_id=run.pk)
+    enqueue_on_commit(process_jobs)
+    enqueue_on_commit(process_instances)
+
+
+def _cannot_place(run: Run, jobs: list[Job], attempt: Attempt) -> None:
+    """No capacity: wait ``pending`` if the run retries on no-capacity (within its duration), else fail."""
+    needs = _describe_requirements(run.spec)
+    message = f"no capacity for {jobs[0].name} ({needs}): " + "; ".join(attempt.reasons[:10])
+    retry = run.spec.get("retry") or {}
+    waited = (timezone.now() - run.submitted_at).total_seconds()
+    if "no-capacity" in retry.get("on_events", []) and waited < retry.get("duration", 0):
+        Run.objects.filter(pk=run.pk, status__in=(RunStatus.SUBMITTED, RunStatus.PENDING)).update(
+            status=RunStatus.PENDING, status_message=message, updated_at=timezone.now())
+        Job.objects.filter(pk__in=[j.pk for j in jobs]).update(status_message=message)
+        return
+    if retry and "no-capacity" in retry.get("on_events", []):
+        message = f"retry duration exceeded; {message}"
+    for job in jobs:
+        finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.NO_CAPACITY, message=message)
+    refresh_run_status(run_id=run.pk)
+
+
+def _describe_requirements(spec: dict) -> str:
+    gpu = spec["resources"].get("gpu") or {}
+    count = gpu.get("count") or {}
+    parts = []
+    if count.get("min"):
+        parts.append(f"gpu {','.join(gpu.get('name') or ['any'])} x{count['min']}")
+    parts.append(f"cpu {spec['resources'].get('cpu', {}).get('min')}..")
+    parts.append(f"memory {spec['resources'].get('memory', {}).get('min')}GB..")
+    if spec.get("fleets"):
+        parts.append(f"fleets {', '.join(spec['fleets'])}")
+    return ", ".join(parts)
+
+
+__all__ = ["place_jobs", "choose_offers"]

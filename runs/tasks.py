@@ -1,0 +1,15 @@
+"""Celery tasks of the runs app: thin wrappers that call services."""
+
+from celery import shared_task
+
+from runs import placement, workloads
+
+
+@shared_task(name="runs.place_jobs", acks_late=True, time_limit=120, soft_time_limit=100)
+def place_jobs() -> int:
+    return placement.place_jobs()
+
+
+@shared_task(name="runs.process_jobs", acks_late=True, time_limit=120, soft_time_limit=100)
+def process_jobs() -> int:
+    return workloads.process_jobs()
