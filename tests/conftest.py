@@ -51,3 +51,45 @@ def client_for(user) -> APIClient:
 @pytest.fixture
 def sim_backend(project):
     return factories.BackendFactory(project=project, name="sim", type="sim")
+
+
+def reconcile_until_quiet(rounds: int = 10) -> None:
+    """Run every reconciler pass, as beat would, until a whole round changes nothing."""
+    from fleets.provisioning import process_instances, reconcile_fleets
+    from fleets.services import process_terminating_instances
+    from runs.placement import place_jobs
+    from runs.workloads import process_jobs
+    from volumes.services import process_volumes
+
+    for _ in range(rounds):
+        changed = sum(step() for step in (reconcile_fleets, process_instances, place_jobs, process_jobs,
+                                          process_terminating_instances, process_volumes))
+        if not changed:
+            return
+
+
+@pytest.fixture
+def reconcile(db):
+    """Drive the reconcilers; leases are cleared first so a test never waits for one to expire."""
+    from fleets.models import Fleet, Instance
+    from runs.models import Job
+    from volumes.models import Volume
+
+    def drive(rounds: int = 10) -> None:
+        for model in (Fleet, Instance, Job, Volume):
+            model.objects.update(lease_until=None)
+        reconcile_until_quiet(rounds)
+
+    return drive
+
+
+@pytest.fixture
+def apply(api):
+    """Apply a YAML configuration through the API and return the response body."""
+
+    def apply_yaml(text: str, expect: int = 202) -> dict:
+        response = api.post("/api/v1/projects/main/apply/", data=text, content_type="application/yaml")
+        assert response.status_code == expect, response.content
+        return response.json()
+
+    return apply_yaml

@@ -5,6 +5,7 @@ from django.contrib.auth import get_user_model
 
 from backends.models import Backend
 from fleets.models import Fleet, Instance, InstanceStatus
+from fleets.specs import parse_fleet_spec
 from projects.models import Membership, Project
 from runs.models import Job, Run
 from volumes.models import Volume, VolumeStatus
@@ -51,7 +52,7 @@ class FleetFactory(factory.django.DjangoModelFactory):
 
     project = factory.SubFactory(ProjectFactory)
     name = factory.Sequence(lambda n: f"fleet-{n}")
-    spec = factory.LazyAttribute(lambda o: {"type": "fleet", "name": o.name, "nodes": {"min": 1, "max": 1}})
+    spec = factory.LazyAttribute(lambda o: parse_fleet_spec({"type": "fleet", "name": o.name, "nodes": 1}))
     status = "active"
 
 

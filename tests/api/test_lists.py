@@ -54,15 +54,15 @@ def test_pagination_shape(project, sim_backend, api):
 
 
 def test_filters(project, sim_backend, api):
-    fleet = factories.FleetFactory(project=project, name="a")
+    fleet = factories.FleetFactory(project=project, name="aa")
     factories.InstanceFactory(fleet=fleet, backend=sim_backend, instance_num=0, status="idle")
     factories.InstanceFactory(fleet=fleet, backend=sim_backend, instance_num=1, status="terminated")
-    factories.InstanceFactory(fleet=factories.FleetFactory(project=project, name="b"), backend=sim_backend,
+    factories.InstanceFactory(fleet=factories.FleetFactory(project=project, name="bb"), backend=sim_backend,
                               instance_num=0)
     names = lambda q: [i["name"] for i in api.get(f"/api/v1/projects/main/instances/?{q}").json()["results"]]  # noqa: E731
-    assert names("fleet=a") == ["a-0", "a-1"]
-    assert names("status=terminated") == ["a-1"]
-    assert names("backend=sim") == ["a-0", "a-1", "b-0"]
+    assert names("fleet=aa") == ["aa-0", "aa-1"]
+    assert names("status=terminated") == ["aa-1"]
+    assert names("backend=sim") == ["aa-0", "aa-1", "bb-0"]
     assert api.get("/api/v1/projects/main/instances/?status=bogus").status_code == 400
     factories.RunFactory(project=project, name="r1", status="done")
     factories.RunFactory(project=project, name="r2")
