@@ -168,22 +168,21 @@ def process_terminating_instances(*, limit: int = 50) -> int:
     # Never terminate an instance under a running job or with a volume attached.
     busy = Q(jobs__status__in=JOB_ACTIVE_STATES) | Q(attachments__status__in=ATTACHMENT_LIVE_STATES)
     ready = Q(status=InstanceStatus.TERMINATING) & ~Q(pk__in=Instance.objects.filter(busy).values("pk"))
-    _stop_jobs_on_terminating_instances()
-    done = 0
+    done = _stop_jobs_on_terminating_instances()
     for pk in leases.claim(Instance, ready, limit=limit):
         done += _terminate_claimed_instance(pk)
     return done
 
 
-def _stop_jobs_on_terminating_instances() -> None:
+def _stop_jobs_on_terminating_instances() -> int:
     """Jobs still running on an instance being terminated are stopped first (by the server)."""
     from runs.jobs import request_job_stop
     from runs.models import Job, JobStatus, JobTerminationReason
 
     doomed = Job.objects.filter(instance__status=InstanceStatus.TERMINATING,
                                 status__in=(JobStatus.SUBMITTED, JobStatus.PROVISIONING, JobStatus.RUNNING))
-    for job in doomed.order_by("pk")[:200]:
-        request_job_stop(job=job, reason=JobTerminationReason.STOPPED_BY_SERVER)
+    return sum(request_job_stop(job=job, reason=JobTerminationReason.STOPPED_BY_SERVER)
+               for job in doomed.order_by("pk")[:200])
 
 
 def _terminate_claimed_instance(pk: int) -> int:

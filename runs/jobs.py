@@ -83,8 +83,9 @@ def request_job_stop(*, job: Job, reason: str, actor: str = "") -> bool:
     if job.instance_id is None:
         return finish_job(job=job, to=final, reason=reason, actor=actor)
     with transaction.atomic():
+        # The lease is dropped so a poll lease never delays the stop.
         moved = compare_and_swap(Job, pk=job.pk, allowed_from=JOB_ACTIVE_STATES, to=JobStatus.TERMINATING,
-                                 termination_reason=reason)
+                                 termination_reason=reason, lease_until=None)
         if moved:
             _job_event(job, "terminating", reason, actor)
     return moved

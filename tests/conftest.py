@@ -53,19 +53,16 @@ def sim_backend(project):
     return factories.BackendFactory(project=project, name="sim", type="sim")
 
 
-def reconcile_until_quiet(rounds: int = 10) -> None:
-    """Run every reconciler pass, as beat would, until a whole round changes nothing."""
+def reconcile_pass() -> int:
+    """Run every reconciler once, as beat would; returns how many changes they made."""
     from fleets.provisioning import process_instances, reconcile_fleets
     from fleets.services import process_terminating_instances
     from runs.placement import place_jobs
     from runs.workloads import process_jobs
     from volumes.services import process_volumes
 
-    for _ in range(rounds):
-        changed = sum(step() for step in (reconcile_fleets, process_instances, place_jobs, process_jobs,
-                                          process_terminating_instances, process_volumes))
-        if not changed:
-            return
+    return sum(step() for step in (reconcile_fleets, process_instances, place_jobs, process_jobs,
+                                   process_terminating_instances, process_volumes))
 
 
 @pytest.fixture
@@ -76,9 +73,11 @@ def reconcile(db):
     from volumes.models import Volume
 
     def drive(rounds: int = 10) -> None:
-        for model in (Fleet, Instance, Job, Volume):
-            model.objects.update(lease_until=None)
-        reconcile_until_quiet(rounds)
+        for _ in range(rounds):
+            for model in (Fleet, Instance, Job, Volume):
+                model.objects.update(lease_until=None)
+            if not reconcile_pass():
+                return
 
     return drive
 
