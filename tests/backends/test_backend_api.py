@@ -78,10 +78,10 @@ def test_terminating_instances_are_terminated_by_the_reconciler(project, sim_bac
     fleet = factories.FleetFactory(project=project, name="gpu8")
     idle = create_instance(fleet=fleet, backend=sim_backend, region="eu-west-1", total_blocks=8)
     busy = create_instance(fleet=fleet, backend=sim_backend, region="eu-west-1", total_blocks=8)
-    factories.JobFactory(run=factories.RunFactory(project=project), instance=busy, blocks=1, status="running")
+    job = factories.JobFactory(run=factories.RunFactory(project=project), instance=busy, blocks=1, status="running")
     project.instances.update(status="idle")
     api.post(BACKENDS + "sim/terminate-instances/")
-    assert process_terminating_instances() == 1
-    idle.refresh_from_db(), busy.refresh_from_db()
-    # An instance with a running job is never terminated under it.
-    assert (idle.status, busy.status) == ("terminated", "terminating")
+    process_terminating_instances()
+    idle.refresh_from_db(), busy.refresh_from_db(), job.refresh_from_db()
+    # An instance with a running job is never terminated under it: the job is asked to stop first.
+    assert (idle.status, busy.status, job.status) == ("terminated", "terminating", "terminating")
