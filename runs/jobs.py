@@ -63,26 +63,50 @@ def mark_job_running(*, job: Job, workload_id: str) -> bool:
 
 def finish_job(*, job: Job, to: str, reason: str, exit_status: int | None = None, message: str = "",
                actor: str = "") -> bool:
-    """Finish an unfinished job and release its blocks in the same transaction."""
+    """Finish an unfinished job and release its blocks in the same transaction.
+
+    The job row is re-read under the instance lock: a caller's copy may predate an assignment
+    made by another worker, and releasing from a stale copy would leak the blocks.
+    """
+    for _ in range(3):
+        finished = _try_finish(job.pk, to=to, reason=reason, exit_status=exit_status, message=message, actor=actor)
+        if finished is not None:
+            return finished
+    return False
+
+
+def _try_finish(pk: int, *, to: str, reason: str, exit_status, message: str, actor: str) -> bool | None:
     with transaction.atomic():
+        job = Job.objects.filter(pk=pk, status__in=JOB_ACTIVE_STATES).first()
+        if job is None:
+            return False
         if job.instance_id is not None:
             Instance.objects.select_for_update().filter(pk=job.instance_id).first()
-        moved = compare_and_swap(Job, pk=job.pk, allowed_from=JOB_ACTIVE_STATES, to=to, termination_reason=reason,
-                                 exit_status=exit_status, finished_at=timezone.now(), status_message=message,
-                                 lease_until=None)
-        if moved:
-            if job.instance_id is not None:
-                give_back_blocks(instance_id=job.instance_id, blocks=job.blocks)
-            _job_event(job, to, message or reason, actor)
-    return moved
+        # Guarded on the instance and blocks we are about to release: if an assignment landed in
+        # between, nothing is written and the caller tries again with the fresh row.
+        finished = Job.objects.filter(pk=pk, status__in=JOB_ACTIVE_STATES, instance_id=job.instance_id,
+                                      blocks=job.blocks).update(
+            status=to, termination_reason=reason, exit_status=exit_status, finished_at=timezone.now(),
+            status_message=message, lease_until=None, updated_at=timezone.now())
+        if not finished:
+            return None
+        if job.instance_id is not None:
+            give_back_blocks(instance_id=job.instance_id, blocks=job.blocks)
+        _job_event(job, to, message or reason, actor)
+    return True
 
 
 def request_job_stop(*, job: Job, reason: str, actor: str = "") -> bool:
-    """Stop a job: one that never got an instance finishes at once, others go ``terminating``."""
+    """Stop a job: one still waiting for placement finishes at once, any other goes ``terminating``
+    (the workload reconciler stops its workload, then releases its blocks)."""
     final = JobStatus.ABORTED if reason == JobTerminationReason.ABORTED_BY_USER else JobStatus.TERMINATED
-    if job.instance_id is None:
-        return finish_job(job=job, to=final, reason=reason, actor=actor)
+    now = timezone.now()
     with transaction.atomic():
+        # Decided by the row, not by the caller's copy: placement may have assigned it meanwhile.
+        if Job.objects.filter(pk=job.pk, status=JobStatus.SUBMITTED, instance__isnull=True).update(
+                status=final, termination_reason=reason, finished_at=now, lease_until=None, updated_at=now):
+            _job_event(job, final, reason, actor)
+            return True
         # The lease is dropped so a poll lease never delays the stop.
         moved = compare_and_swap(Job, pk=job.pk, allowed_from=JOB_ACTIVE_STATES, to=JobStatus.TERMINATING,
                                  termination_reason=reason, lease_until=None)

@@ -53,6 +53,9 @@ def _start(job: Job) -> int:
         return _settle(job, finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.SERVER_ERROR,
                                        message=f"could not start: {err}"))
     moved = mark_job_running(job=job, workload_id=workload_id)
+    if not moved:
+        # Stopped while it was starting: record the workload so the stop reaches it.
+        Job.objects.filter(pk=job.pk, workload_id="").update(workload_id=workload_id)
     Job.objects.filter(pk=job.pk).update(lease_until=None)
     return _settle(job, moved)
 

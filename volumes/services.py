@@ -115,7 +115,8 @@ def delete_volume(*, volume: Volume, actor: str = "") -> Volume:
 @transaction.atomic
 def request_force_detach(*, volume: Volume, actor: str = "") -> VolumeAttachment:
     """Force the detach of the volume's live attachment (409 ``not_attached`` if there is none)."""
-    attachment = volume.attachments.select_for_update().filter(status__in=ATTACHMENT_LIVE_STATES).first()
+    attachment = (volume.attachments.select_for_update(of=("self",)).filter(status__in=ATTACHMENT_LIVE_STATES)
+                  .order_by("pk").first())
     if attachment is None:
         raise Conflict(f"volume '{volume.name}' is not attached to anything", code="not_attached")
     VolumeAttachment.objects.filter(pk=attachment.pk).update(

@@ -96,7 +96,7 @@ def child_commands(host: str, port: int, concurrency: int, loglevel: str = "WARN
                 _address(host, port)],
         "worker": [*celery, "worker", f"--loglevel={loglevel}", "--pool=threads", f"--concurrency={concurrency}",
                    "--without-gossip", "--without-mingle"],
-        "beat": [*celery, "beat", f"--loglevel={loglevel}", "--scheduler=django_celery_beat.schedulers:DatabaseScheduler",
+        "beat": [*celery, "beat", f"--loglevel={loglevel}", f"--scheduler={settings.CELERY_BEAT_SCHEDULER}",
                  f"--schedule={data_dir / 'celerybeat-schedule'}", f"--pidfile={data_dir / 'celerybeat.pid'}"],
     }
 
