@@ -25,11 +25,13 @@ def take_blocks(*, instance_id: int, blocks: int) -> bool:
     Must run inside the transaction that assigns the job. The guarded update takes the row lock,
     so concurrent assignments serialize on the instance and none can overbook it.
     """
+    # One statement: an up instance holding blocks is busy (one still coming up keeps its status).
     taken = Instance.objects.filter(
         pk=instance_id, status__in=INSTANCE_ASSIGNABLE_STATES, busy_blocks__lte=F("total_blocks") - blocks
-    ).update(busy_blocks=F("busy_blocks") + blocks, idle_since=None, updated_at=timezone.now())
-    if taken:
-        _refresh_busy_status(instance_id)
+    ).update(
+        busy_blocks=F("busy_blocks") + blocks, idle_since=None, updated_at=timezone.now(),
+        status=Case(When(status__in=INSTANCE_UP_STATES, then=Value(InstanceStatus.BUSY)), default=F("status")),
+    )
     return bool(taken)
 
 

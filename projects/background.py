@@ -1,23 +1,50 @@
-"""Kick background work after the transaction that needs it commits.
+"""Kick background work after the transaction that needs it commits, coalescing repeated kicks.
 
 Beat runs every reconciler periodically (level-triggered), so a kick that is lost because the
-broker is down only delays the work; it must never fail the request that asked for it.
+broker is down only delays the work; it must never fail the request that asked for it. A thousand
+commits in a second need one pass, not a thousand: while a pass of a task is queued and not yet
+started, further kicks of that task are dropped (``QueuedKick``).
 """
 
 import logging
+from datetime import timedelta
 
-from django.db import transaction
+from celery.signals import task_prerun
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 logger = logging.getLogger(__name__)
+KICK_STALE_SECONDS = 10
 
 
 def enqueue_on_commit(task, *args) -> None:
-    """Send ``task(*args)`` to the broker once the current transaction commits."""
+    """Send ``task(*args)`` once the current transaction commits, unless a pass is already queued."""
+    transaction.on_commit(lambda: _send(task, args))
 
-    def send() -> None:
-        try:
-            task.apply_async(args=args, retry=False)
-        except Exception:  # noqa: BLE001 - any broker failure is recovered by the next beat tick
-            logger.warning("could not enqueue %s%r; the next reconcile pass will pick it up", task.name, args)
 
-    transaction.on_commit(send)
+def _send(task, args) -> None:
+    from projects.models import QueuedKick
+
+    now = timezone.now()
+    try:
+        if not args:
+            fresh = now - timedelta(seconds=KICK_STALE_SECONDS)
+            if QueuedKick.objects.filter(task_name=task.name, queued_at__gte=fresh).exists():
+                return
+            QueuedKick.objects.update_or_create(task_name=task.name, defaults={"queued_at": now})
+        task.apply_async(args=args, retry=False)
+    except IntegrityError:
+        pass  # another committer queued it at the same moment
+    except Exception:  # noqa: BLE001 - any broker failure is recovered by the next beat tick
+        logger.warning("could not enqueue %s%r; the next reconcile pass will pick it up", task.name, args)
+
+
+@task_prerun.connect
+def _pass_started(sender=None, **kwargs) -> None:
+    """A pass is starting: from now on, new work needs a new kick."""
+    from projects.models import QueuedKick
+
+    try:
+        QueuedKick.objects.filter(task_name=sender.name).delete()
+    except Exception:  # noqa: BLE001 - never block a task on this bookkeeping
+        logger.debug("could not clear the queued kick of %s", sender.name, exc_info=True)

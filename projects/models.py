@@ -54,3 +54,18 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.resource_type}/{self.resource_name}: {self.kind}"
+
+
+class QueuedKick(models.Model):
+    """A reconciler pass that was enqueued and has not started yet.
+
+    Commits that need the same reconciler while a pass is still queued do not enqueue another:
+    that pass starts after their commit and sees their work. The row is removed when the pass
+    starts; a row older than ``KICK_STALE_SECONDS`` (a lost message) no longer holds kicks back.
+    """
+
+    task_name = models.CharField(max_length=100, primary_key=True)
+    queued_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.task_name} queued at {self.queued_at:%H:%M:%S}"

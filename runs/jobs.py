@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from fleets.blocks import give_back_blocks, take_blocks
 from fleets.models import Instance
+from projects.models import Event
 from projects.services import compare_and_swap, record_event
 from runs.models import (
     JOB_ACTIVE_STATES,
@@ -55,7 +56,8 @@ def return_job_to_queue(*, job: Job, message: str) -> bool:
 def mark_job_running(*, job: Job, workload_id: str) -> bool:
     with transaction.atomic():
         moved = compare_and_swap(Job, pk=job.pk, allowed_from=(JobStatus.PROVISIONING,), to=JobStatus.RUNNING,
-                                 workload_id=workload_id, started_at=timezone.now(), status_message="")
+                                 workload_id=workload_id, started_at=timezone.now(), status_message="",
+                                 lease_until=None)
         if moved:
             _job_event(job, "running")
     return moved
@@ -149,30 +151,74 @@ def start_run_termination(*, run: Run, reason: str, message: str = "", actor: st
 
 def refresh_run_status(*, run_id: int) -> str:
     """Derive a run's status from its latest jobs (the run's own transitions all happen here)."""
-    run = Run.objects.get(pk=run_id)
-    if run.status in RUN_FINISHED_STATES:
-        return run.status
+    refresh_run_statuses([run_id])
+    return Run.objects.values_list("status", flat=True).get(pk=run_id)
+
+
+def refresh_run_statuses(run_ids) -> None:
+    """``refresh_run_status`` for many runs in a few queries: simple moves (to provisioning,
+    running, done) are applied per group with one guarded update; failures and endings go one by one."""
+    runs = {run.pk: run for run in Run.objects.filter(pk__in=set(run_ids)).exclude(status__in=RUN_FINISHED_STATES)}
+    jobs_by_run: dict[int, dict[tuple[int, int], Job]] = {pk: {} for pk in runs}
+    for job in Job.objects.filter(run_id__in=runs).order_by("run_id", "replica_num", "job_num", "submission_num"):
+        jobs_by_run[job.run_id][(job.replica_num, job.job_num)] = job
+    moves: dict[tuple[str, str], list[Run]] = {}
+    for pk, run in runs.items():
+        latest = list(jobs_by_run[pk].values())
+        target = _target_status(run, latest)
+        if target is None:
+            continue
+        if target in (RunStatus.PROVISIONING, RunStatus.RUNNING):
+            moves.setdefault((run.status, target), []).append(run)
+        else:
+            _settle_run(run, latest)
+    for (source, target), group in moves.items():
+        _move_group(group, source, target)
+
+
+def _target_status(run: Run, latest: list[Job]) -> str | None:
+    """Where the run should be, given its latest jobs; None when it stays where it is."""
     if run.status == RunStatus.TERMINATING:
-        return _finish_if_jobs_finished(run)
-    jobs = latest_jobs(run)
-    statuses = {job.status for job in jobs}
+        return RunStatus.TERMINATED  # settled by _settle_run once every job is finished
+    statuses = {job.status for job in latest}
     # The run is not terminating, so a job that ended without success failed on the server's side.
-    failed = next((job for job in jobs if job.status in (JobStatus.FAILED, JobStatus.ABORTED, JobStatus.TERMINATED)),
+    if statuses & {JobStatus.FAILED, JobStatus.ABORTED, JobStatus.TERMINATED} or statuses == {JobStatus.DONE}:
+        return RunStatus.DONE  # settled by _settle_run: done, or failing
+    for status, target in ((JobStatus.RUNNING, RunStatus.RUNNING), (JobStatus.PROVISIONING, RunStatus.PROVISIONING)):
+        if status in statuses:
+            return None if run.status == target else target
+    return None
+
+
+def _move_group(group: list[Run], source: str, target: str) -> None:
+    with transaction.atomic():
+        moved = Run.objects.filter(pk__in=[r.pk for r in group], status=source).update(
+            status=target, status_message="", updated_at=timezone.now())
+        if moved != len(group):
+            transaction.set_rollback(True)  # someone else moved some: go one by one instead
+        else:
+            Event.objects.bulk_create(Event(project_id=r.project_id, resource_type="run", resource_name=r.name,
+                                            kind=target) for r in group)
+            return
+    for run in group:
+        _move(Run.objects.get(pk=run.pk), target, status_message="")
+
+
+def _settle_run(run: Run, latest: list[Job]) -> None:
+    if run.status == RunStatus.TERMINATING:
+        _finish_if_jobs_finished(run)
+        return
+    failed = next((job for job in latest if job.status in (JobStatus.FAILED, JobStatus.ABORTED, JobStatus.TERMINATED)),
                   None)
-    if failed is not None:
-        reason = (RunTerminationReason.NO_CAPACITY if failed.termination_reason == JobTerminationReason.NO_CAPACITY
-                  else RunTerminationReason.JOB_FAILED)
-        start_run_termination(run=run, reason=reason, message=f"job {failed.name} failed: "
-                              f"{failed.status_message or failed.termination_reason}")
-        return _finish_if_jobs_finished(Run.objects.get(pk=run_id))
-    if statuses == {JobStatus.DONE}:
+    if failed is None:
         _move(run, RunStatus.DONE, termination_reason=RunTerminationReason.ALL_JOBS_DONE, finished_at=timezone.now(),
               status_message="")
-    elif JobStatus.RUNNING in statuses:
-        _move(run, RunStatus.RUNNING, status_message="")
-    elif JobStatus.PROVISIONING in statuses:
-        _move(run, RunStatus.PROVISIONING, status_message="")
-    return Run.objects.get(pk=run_id).status
+        return
+    reason = (RunTerminationReason.NO_CAPACITY if failed.termination_reason == JobTerminationReason.NO_CAPACITY
+              else RunTerminationReason.JOB_FAILED)
+    start_run_termination(run=run, reason=reason,
+                          message=f"job {failed.name} failed: {failed.status_message or failed.termination_reason}")
+    _finish_if_jobs_finished(Run.objects.get(pk=run.pk))
 
 
 def _move(run: Run, to: str, **changes) -> bool:

@@ -7,6 +7,7 @@ claimed with a lease (SKIP LOCKED), and blocks are taken with a guarded relative
 number of workers may place at once without overbooking an instance.
 """
 
+import json
 from dataclasses import dataclass, field
 
 from django.db import transaction
@@ -14,10 +15,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from fleets.models import INSTANCE_ASSIGNABLE_STATES, Fleet, FleetStatus, Instance
-from fleets.provisioning import choose_offers, grow_fleet
+from fleets.provisioning import grow_fleet
 from fleets.resources import blocks_needed, mismatch
 from projects import leases
-from runs.jobs import assign_job_to_instance, finish_job, refresh_run_status
+from runs.jobs import assign_job_to_instance, finish_job, refresh_run_statuses
 from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
 
 PLACEABLE_RUN_STATES = (RunStatus.SUBMITTED, RunStatus.PENDING, RunStatus.PROVISIONING, RunStatus.RUNNING)
@@ -33,6 +34,28 @@ class Attempt:
         self.reasons.append(f"{where}: {why}")
 
 
+class Pass:
+    """One placement pass: candidate instances are read once per kind of run and kept current in
+    memory as this pass assigns blocks (the database guard still decides every assignment)."""
+
+    def __init__(self):
+        self.candidates: dict[str, list[Instance]] = {}
+        self.touched_runs: set[int] = set()
+
+    def instances_for(self, run: Run) -> list[Instance]:
+        key = json.dumps([run.project_id] + [run.spec.get(k) for k in FILTER_KEYS], sort_keys=True)
+        if key not in self.candidates:
+            self.candidates[key] = list(_candidate_instances(run))
+        # Most loaded first (to pack blocks), then cheapest.
+        return sorted(self.candidates[key], key=lambda i: (-i.busy_blocks, i.price, i.pk))
+
+    def forget(self) -> None:
+        self.candidates.clear()  # a new instance, or a lost race: read again
+
+
+FILTER_KEYS = ("fleets", "regions", "availability_zones", "instance_types", "backends", "spot_policy", "max_price")
+
+
 def place_jobs(*, limit: int = 200) -> int:
     """Place up to ``limit`` submitted jobs; returns how many were placed."""
     condition = Q(status=JobStatus.SUBMITTED, instance__isnull=True, run__status__in=PLACEABLE_RUN_STATES)
@@ -41,30 +64,33 @@ def place_jobs(*, limit: int = 200) -> int:
     groups: dict[tuple[int, int], list[Job]] = {}
     for job in jobs:
         groups.setdefault((job.run_id, job.replica_num), []).append(job)
-    placed = 0
+    placed, current = 0, Pass()
     try:
         for group in groups.values():
-            placed += _place_replica(group)
+            placed += _place_replica(group, current)
     finally:
         Job.objects.filter(pk__in=ids).update(lease_until=None)
+    refresh_run_statuses(current.touched_runs)
+    if placed:
+        _kick_followers()
     return placed
 
 
-def _place_replica(jobs: list[Job]) -> int:
+def _place_replica(jobs: list[Job], current: Pass) -> int:
     run = jobs[0].run
     if run.spec.get("nodes", 1) > 1:
-        return _place_whole_instances(run, jobs)
-    attempt = Attempt()
-    job = jobs[0]
-    if _place_on_existing(job, attempt) or _place_on_new_instance(job, attempt):
-        _after_placement(run)
-        return 1
-    _cannot_place(run, [job], attempt)
-    return 0
+        placed = _place_whole_instances(run, jobs, current)
+    else:
+        attempt = Attempt()
+        placed = int(_place_on_existing(jobs[0], attempt, current) or _place_on_new_instance(jobs[0], attempt, current))
+        if not placed:
+            _cannot_place(run, jobs[:1], attempt)
+    current.touched_runs.add(run.pk)
+    return placed
 
 
 def _candidate_instances(run: Run):
-    """Instances the run may use, most loaded first (to pack blocks), then cheapest."""
+    """Instances the run may use (any order; ``Pass.instances_for`` orders them)."""
     spec = run.spec
     instances = Instance.objects.filter(project_id=run.project_id, status__in=INSTANCE_ASSIGNABLE_STATES,
                                         fleet__status__in=(FleetStatus.SUBMITTED, FleetStatus.ACTIVE))
@@ -80,21 +106,24 @@ def _candidate_instances(run: Run):
         instances = instances.filter(spot=spec["spot_policy"] == "spot")
     if spec.get("max_price") is not None:
         instances = instances.filter(price__lte=spec["max_price"])
-    return instances.select_related("fleet").order_by("-busy_blocks", "price", "pk")
+    return instances.only("pk", "project_id", "fleet_id", "name", "resources", "total_blocks", "busy_blocks",
+                          "price", "status")
 
 
-def _place_on_existing(job: Job, attempt: Attempt) -> bool:
+def _place_on_existing(job: Job, attempt: Attempt, current: Pass) -> bool:
     requirements = job.run.spec["resources"]
-    for instance in _candidate_instances(job.run):
+    for instance in current.instances_for(job.run):
         blocks, why = blocks_needed(instance.resources, instance.total_blocks, requirements)
         if blocks is None:
             attempt.add(instance.name, why)
         elif blocks > instance.idle_blocks:
             attempt.add(instance.name, f"needs {blocks} block(s), {instance.idle_blocks}/{instance.total_blocks} idle")
         elif assign_job_to_instance(job=job, instance=instance, blocks=blocks):
+            instance.busy_blocks += blocks
             return True
         else:
             attempt.add(instance.name, "taken by another job at the same moment")
+            current.forget()
     if not attempt.reasons:
         attempt.add("instances", "none in the fleets this run may use")
     return False
@@ -107,25 +136,26 @@ def _growable_fleets(run: Run):
     return fleets.order_by("name")
 
 
-def _place_on_new_instance(job: Job, attempt: Attempt) -> bool:
+def _place_on_new_instance(job: Job, attempt: Attempt, current: Pass) -> bool:
     """Grow an elastic fleet by one instance sized for the job, and assign the job to it."""
     for fleet in _growable_fleets(job.run):
         instance, why = grow_fleet(fleet=fleet, run_spec=job.run.spec, whole_instance=False)
         if instance is None:
             attempt.add(f"fleet {fleet.name}", why)
             continue
+        current.forget()
         blocks, _ = blocks_needed(instance.resources, instance.total_blocks, job.run.spec["resources"])
         if blocks is not None and assign_job_to_instance(job=job, instance=instance, blocks=blocks):
             return True
     return False
 
 
-def _place_whole_instances(run: Run, jobs: list[Job]) -> int:
+def _place_whole_instances(run: Run, jobs: list[Job], current: Pass) -> int:
     """All nodes of a multi-node replica take whole idle instances of one fleet, or none does."""
     attempt = Attempt()
     requirements = run.spec["resources"]
     by_fleet: dict[int, list[Instance]] = {}
-    for instance in _candidate_instances(run):
+    for instance in current.instances_for(run):
         why = mismatch(instance.resources, requirements)
         if why is None and instance.busy_blocks:
             why = f"{instance.busy_blocks}/{instance.total_blocks} blocks busy; multi-node jobs need whole instances"
@@ -135,7 +165,7 @@ def _place_whole_instances(run: Run, jobs: list[Job]) -> int:
             by_fleet.setdefault(instance.fleet_id, []).append(instance)
     for instances in by_fleet.values():
         if len(instances) >= len(jobs) and _assign_gang(jobs, instances):
-            _after_placement(run)
+            current.forget()
             return len(jobs)
     if by_fleet:
         attempt.add("fleets", f"no fleet has {len(jobs)} idle instances that fit")
@@ -152,12 +182,11 @@ def _assign_gang(jobs: list[Job], instances: list[Instance]) -> bool:
     return True
 
 
-def _after_placement(run: Run) -> None:
+def _kick_followers() -> None:
     from fleets.tasks import process_instances
     from projects.background import enqueue_on_commit
     from runs.tasks import process_jobs
 
-    refresh_run_status(run_id=run.pk)
     enqueue_on_commit(process_jobs)
     enqueue_on_commit(process_instances)
 
@@ -177,7 +206,6 @@ def _cannot_place(run: Run, jobs: list[Job], attempt: Attempt) -> None:
         message = f"retry duration exceeded; {message}"
     for job in jobs:
         finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.NO_CAPACITY, message=message)
-    refresh_run_status(run_id=run.pk)
 
 
 def _describe_requirements(spec: dict) -> str:
@@ -192,5 +220,3 @@ def _describe_requirements(spec: dict) -> str:
         parts.append(f"fleets {', '.join(spec['fleets'])}")
     return ", ".join(parts)
 
-
-__all__ = ["place_jobs", "choose_offers"]

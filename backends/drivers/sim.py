@@ -99,6 +99,7 @@ class SimDriver(Driver):
         self.settings = sim_catalogue.effective_config(self.config)
         # A driver-owned generator lets tests seed the api_errors dice without touching global state.
         self.rng = random.Random()
+        self._call_faults: dict[str, list[dict]] | None = None
 
     @classmethod
     def validate_config(cls, config: dict) -> dict:
@@ -109,12 +110,22 @@ class SimDriver(Driver):
     def _enter_call(self) -> None:
         if self.settings["latency"]:
             time.sleep(self.settings["latency"])
+        self._load_faults()  # fresh for every call: a fault applies from the next call on
         for fault in self._faults(SimFaultKind.API_ERRORS):
             if self.rng.random() < fault["rate"]:
                 raise TransientError("simulated provider API error (api_errors fault)")
 
+    def _load_faults(self) -> None:
+        # One query per call for every kind: a call may consult several (api_errors, interrupt...).
+        faults: dict[str, list[dict]] = {}
+        for fault in SimFault.objects.filter(backend_id=self.backend.pk).order_by("id"):
+            faults.setdefault(fault.kind, []).append(fault.params)
+        self._call_faults = faults
+
     def _faults(self, kind: str) -> list[dict]:
-        return [f.params for f in SimFault.objects.filter(backend_id=self.backend.pk, kind=kind)]
+        if self._call_faults is None:
+            self._load_faults()
+        return self._call_faults.get(kind, [])
 
     def locations(self) -> dict[str, list[str]]:
         return {region: sim_catalogue.zones_of(region) for region in self.settings["regions"]}
