@@ -3,9 +3,11 @@
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/stackyard_bench \\
     CELERY_BROKER_URL=redis://127.0.0.1:6379/13 .venv/bin/python bench/placement.py
 
-1. End to end: 1,000 one-block jobs are submitted (through ``runs.services.submit_run``, the API's
-   code path) onto 125 eight-block sim instances (zero latency), with 1 and then 2 real Celery worker
-   processes and beat running; we time from the first submission until every job is ``running``.
+1. End to end: 1,000 one-block jobs are submitted by 4 concurrent clients (through
+   ``runs.services.submit_run``, the API's code path, without HTTP) onto 125 eight-block sim instances
+   (zero latency), with 1 and then 2 real Celery worker processes and beat running; we time from the
+   first submission until every job is ``running``. Then the same with every job queued before the
+   workers start (placement and start alone, worker start-up included).
 2. ``fleets.verify_block_counts`` over 10,000 instances with 100,000 finished and 20,000 live jobs,
    once with every count right and once with 100 drifted counts.
 The database named in DATABASE_URL is emptied first: never point this at real data.
@@ -14,6 +16,7 @@ The database named in DATABASE_URL is emptied first: never point this at real da
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +88,55 @@ def wait_until(predicate, timeout: float) -> bool:
     return False
 
 
+SUBMITTERS = 4  # concurrent clients, as many API users would be
+
+
+def submit_all(project, specs, submit_run) -> None:
+    """Submit from a few threads, like concurrent API clients (each submission is latency-bound)."""
+
+    def submit(chunk):
+        try:
+            for spec in chunk:
+                submit_run(project=project, spec=spec)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=submit, args=(specs[n::SUBMITTERS],)) for n in range(SUBMITTERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def placement_only_round(workers: int) -> dict:
+    """All jobs submitted first; then the workers start: placement + start throughput alone."""
+    from config.celery import app
+    from fleets.models import Instance
+    from runs.models import Job
+    from runs.services import submit_run
+    from runs.specs import parse_run_spec
+
+    reset_database()
+    app.control.purge()
+    project, _ = build_fleet()
+    procs = start_processes(workers)
+    try:
+        assert wait_until(lambda: Instance.objects.filter(status="idle").count() == INSTANCES, 120)
+    finally:
+        stop_processes(procs)
+    specs = [parse_run_spec({"type": "task", "name": f"job-{n}", "commands": ["train"], "resources": {"gpu": 1},
+                             "fleets": ["gpu8"]}) for n in range(JOBS)]
+    submit_all(project, specs, submit_run)
+    start = time.monotonic()
+    procs = start_processes(workers)
+    try:
+        done = wait_until(lambda: Job.objects.filter(status="running").count() == JOBS, 300)
+        elapsed = time.monotonic() - start
+    finally:
+        stop_processes(procs)
+    return {"all_running": done, "seconds": elapsed, "placements_per_s": JOBS / elapsed}
+
+
 def placement_round(workers: int) -> dict:
     from config.celery import app
     from fleets.models import Instance
@@ -102,8 +154,7 @@ def placement_round(workers: int) -> dict:
         specs = [parse_run_spec({"type": "task", "name": f"job-{n}", "commands": ["train"],
                                  "resources": {"gpu": 1}, "fleets": ["gpu8"]}) for n in range(JOBS)]
         start = time.monotonic()
-        for spec in specs:
-            submit_run(project=project, spec=spec)
+        submit_all(project, specs, submit_run)
         submitted = time.monotonic() - start
         done = wait_until(lambda: Job.objects.filter(status="running").count() == JOBS, 300)
         elapsed = time.monotonic() - start
@@ -154,9 +205,14 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; PostgreSQL + Redis ({os.environ.get('CELERY_BROKER_URL')})")
     for workers in (1, 2):
         r = placement_round(workers)
-        print(f"placement, {workers} worker(s): {JOBS} jobs on {INSTANCES}x{BLOCKS}-block instances, "
-              f"all running={r['all_running']} in {r['seconds']:.2f} s (submitting took {r['submit_seconds']:.2f} s)"
-              f" -> {r['placements_per_s']:.0f} placements/s; busy blocks {r['busy_blocks']}/{INSTANCES * BLOCKS}")
+        print(f"end to end, {workers} worker(s): {JOBS} jobs submitted by {SUBMITTERS} clients onto "
+              f"{INSTANCES}x{BLOCKS}-block instances, all running={r['all_running']} in {r['seconds']:.2f} s "
+              f"(submitting took {r['submit_seconds']:.2f} s) -> {r['placements_per_s']:.0f} placements/s; "
+              f"busy blocks {r['busy_blocks']}/{INSTANCES * BLOCKS}")
+    for workers in (1, 2):
+        r = placement_only_round(workers)
+        print(f"placement only, {workers} worker(s): {JOBS} queued jobs all running={r['all_running']} in "
+              f"{r['seconds']:.2f} s (includes worker start-up) -> {r['placements_per_s']:.0f} placements/s")
     v = verification_round()
     print(f"verify_block_counts: {v['instances']} instances, {v['live_jobs']} live + {v['finished_jobs']} finished "
           f"jobs: {v['clean_seconds']:.3f} s with no drift ({v['clean_corrections']} corrections), "

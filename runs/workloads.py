@@ -35,17 +35,40 @@ def process_jobs(*, limit: int = 200) -> int:
     steps = (
         (Q(status=JobStatus.PROVISIONING, instance__status__in=INSTANCE_UP_STATES), 30, _start),
         (Q(status=JobStatus.TERMINATING), 30, _stop),
-        # Running jobs are polled at most every few seconds: the lease is not released after a poll.
-        (Q(status=JobStatus.RUNNING), POLL_SECONDS, _poll),
     )
     for condition, lease_seconds, step in steps:
-        ids = leases.claim(Job, condition, limit=limit, lease_seconds=lease_seconds)
-        for job in Job.objects.filter(pk__in=ids).select_related("run", "instance__backend").order_by("pk"):
+        for job in _claimed(condition, limit, lease_seconds):
             if step(job, current):
                 changed += 1
                 current.touched_runs.add(job.run_id)
+    # Running jobs are polled at most every few seconds (the lease is kept), many per driver call.
+    running = _claimed(Q(status=JobStatus.RUNNING), limit, POLL_SECONDS)
+    for job, state in _poll_states(running, current):
+        if _apply_poll(job, state):
+            changed += 1
+            current.touched_runs.add(job.run_id)
     refresh_run_statuses(current.touched_runs)
     return changed
+
+
+def _claimed(condition: Q, limit: int, lease_seconds: int) -> list[Job]:
+    ids = leases.claim(Job, condition, limit=limit, lease_seconds=lease_seconds)
+    return list(Job.objects.filter(pk__in=ids).select_related("run", "instance__backend").order_by("pk"))
+
+
+def _poll_states(jobs: list[Job], current: Pass):
+    by_backend: dict[int, list[Job]] = {}
+    for job in jobs:
+        by_backend.setdefault(job.instance.backend_id, []).append(job)
+    for group in by_backend.values():
+        try:
+            states = current.driver(group[0].instance.backend).poll_jobs(workload_ids=[j.workload_id for j in group])
+        except TransientError:
+            continue  # the whole call failed; the next pass polls again
+        except DriverError as err:
+            states = {j.workload_id: err for j in group}
+        for job in group:
+            yield job, states.get(job.workload_id)
 
 
 def _start(job: Job, current: Pass) -> bool:
@@ -69,13 +92,11 @@ def _start(job: Job, current: Pass) -> bool:
     return moved
 
 
-def _poll(job: Job, current: Pass) -> bool:
-    try:
-        state = current.driver(job.instance.backend).poll_job(workload_id=job.workload_id)
-    except TransientError:
+def _apply_poll(job: Job, state) -> bool:
+    if state is None or isinstance(state, TransientError):
         return False
-    except DriverError as err:
-        return finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.SERVER_ERROR, message=str(err))
+    if isinstance(state, DriverError):
+        return finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.SERVER_ERROR, message=str(state))
     if state.status == "running":
         return False
     if state.status == "done":

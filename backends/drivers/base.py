@@ -210,6 +210,19 @@ class Driver(abc.ABC):
     def poll_job(self, *, workload_id: str) -> JobState:
         """The workload's current ``JobState``."""
 
+    def poll_jobs(self, *, workload_ids: list[str]) -> dict[str, JobState | DriverError]:
+        """Poll many workloads: each id maps to its ``JobState`` or to the error polling it raised.
+
+        Drivers whose provider answers many at once override this; the default asks one by one.
+        """
+        results: dict[str, JobState | DriverError] = {}
+        for workload_id in workload_ids:
+            try:
+                results[workload_id] = self.poll_job(workload_id=workload_id)
+            except DriverError as err:
+                results[workload_id] = err
+        return results
+
     @abc.abstractmethod
     def list_tagged_resources(self) -> list[TaggedResource]:
         """Every live instance and volume this control plane created in this account."""

@@ -30,6 +30,7 @@ from django.utils import timezone
 from backends.drivers import sim_catalogue
 from backends.drivers.base import (
     Driver,
+    DriverError,
     FatalError,
     InstanceState,
     JobState,
@@ -394,10 +395,20 @@ class SimDriver(Driver):
     def poll_job(self, *, workload_id: str) -> JobState:
         return self._settle(self._job(workload_id))
 
-    def _settle(self, job: SimJob) -> JobState:
+    @_sim_call
+    def poll_jobs(self, *, workload_ids: list[str]) -> dict[str, JobState | DriverError]:
+        """One simulated API call for many workloads (jobs and their instances read in two queries)."""
+        jobs = {j.workload_id: j for j in SimJob.objects.filter(backend_id=self.backend.pk,
+                                                                 workload_id__in=workload_ids)}
+        instances = {i.instance_id: i for i in SimInstance.objects.filter(
+            backend_id=self.backend.pk, instance_id__in={j.instance_id for j in jobs.values()})}
+        return {w: self._settle(jobs[w], instances) if w in jobs else NotFoundError(f"no workload {w}")
+                for w in workload_ids}
+
+    def _settle(self, job: SimJob, instances: dict[str, SimInstance] | None = None) -> JobState:
         """The job's state now; an outcome seen for the first time is recorded for good."""
         if job.state == SimJobState.RUNNING:
-            outcome = self._outcome(job)
+            outcome = self._outcome(job, instances)
             if outcome is None:
                 return JobState(SimJobState.RUNNING.value, None)
             status, exit_status, message = outcome
@@ -407,10 +418,10 @@ class SimDriver(Driver):
             job.refresh_from_db()  # the stored outcome wins if another caller settled it first
         return JobState(str(job.state), job.exit_status, job.message)
 
-    def _outcome(self, job: SimJob) -> tuple[str, int | None, str] | None:
+    def _outcome(self, job: SimJob, instances: dict | None = None) -> tuple[str, int | None, str] | None:
         """What ended a running job by now, or None if it is still running."""
         now = timezone.now()
-        lost_at, lost_why = self._instance_loss(job.instance_id)
+        lost_at, lost_why = self._instance_loss(job.instance_id, instances)
         if job.finishes_at is not None and job.finishes_at <= (lost_at or now):
             status = SimJobState.DONE if job.exit_status == 0 else SimJobState.FAILED
             return status, job.exit_status, f"exited with status {job.exit_status}"
@@ -421,9 +432,12 @@ class SimDriver(Driver):
                 return SimJobState.FAILED, fault["exit_status"], "crashed (crash_job fault)"
         return None
 
-    def _instance_loss(self, instance_id: str) -> tuple[datetime.datetime | None, str]:
+    def _instance_loss(self, instance_id: str, instances: dict | None = None) -> tuple[datetime.datetime | None, str]:
         """When and why the job's instance went away, or ``(None, "")`` while it is alive."""
-        instance = SimInstance.objects.filter(backend_id=self.backend.pk, instance_id=instance_id).first()
+        if instances is not None:
+            instance = instances.get(instance_id)
+        else:
+            instance = SimInstance.objects.filter(backend_id=self.backend.pk, instance_id=instance_id).first()
         if instance is None:
             return timezone.now(), f"instance {instance_id} is gone"
         if self._interrupt_if_faulted(instance) or instance.state == SimInstanceState.TERMINATED:
