@@ -53,13 +53,22 @@ def return_job_to_queue(*, job: Job, message: str) -> bool:
     return True
 
 
-def mark_job_running(*, job: Job, workload_id: str) -> bool:
+def mark_jobs_running(started: list[tuple[Job, str]]) -> set[int]:
+    """Record started workloads: each job still ``provisioning`` becomes ``running``, in one
+    transaction with its event. Returns the ids of the jobs that moved (a job stopped in the
+    meantime keeps its status; the caller still records its workload so the stop reaches it)."""
+    moved: set[int] = set()
+    now = timezone.now()
     with transaction.atomic():
-        moved = compare_and_swap(Job, pk=job.pk, allowed_from=(JobStatus.PROVISIONING,), to=JobStatus.RUNNING,
-                                 workload_id=workload_id, started_at=timezone.now(), status_message="",
-                                 lease_until=None)
-        if moved:
-            _job_event(job, "running")
+        for job, workload_id in started:
+            if Job.objects.filter(pk=job.pk, status=JobStatus.PROVISIONING).update(
+                    status=JobStatus.RUNNING, workload_id=workload_id, started_at=now, status_message="",
+                    lease_until=None, updated_at=now):
+                moved.add(job.pk)
+        Event.objects.bulk_create(
+            Event(project_id=job.project_id, resource_type="job", resource_name=job.name, kind=JobStatus.RUNNING)
+            for job, _ in started if job.pk in moved
+        )
     return moved
 
 

@@ -3,11 +3,11 @@ terminating ones. Each job is claimed with a lease; no transaction spans a drive
 
 from django.db.models import Q
 
-from backends.drivers.base import DriverError, NotFoundError, TransientError
+from backends.drivers.base import DriverError, JobLaunch, NotFoundError, TransientError
 from backends.drivers.registry import get_driver
 from fleets.models import INSTANCE_UP_STATES
 from projects import leases
-from runs.jobs import finish_job, mark_job_running, refresh_run_statuses
+from runs.jobs import finish_job, mark_jobs_running, refresh_run_statuses
 from runs.models import Job, JobStatus, JobTerminationReason
 
 POLL_SECONDS = 5
@@ -32,15 +32,14 @@ class Pass:
 def process_jobs(*, limit: int = 200) -> int:
     """One pass over the jobs that need the driver; returns how many changed state."""
     changed, current = 0, Pass()
-    steps = (
-        (Q(status=JobStatus.PROVISIONING, instance__status__in=INSTANCE_UP_STATES), 30, _start),
-        (Q(status=JobStatus.TERMINATING), 30, _stop),
-    )
-    for condition, lease_seconds, step in steps:
-        for job in _claimed(condition, limit, lease_seconds):
-            if step(job, current):
-                changed += 1
-                current.touched_runs.add(job.run_id)
+    ready = _claimed(Q(status=JobStatus.PROVISIONING, instance__status__in=INSTANCE_UP_STATES), limit, 30)
+    for job in _start_all(ready, current):
+        changed += 1
+        current.touched_runs.add(job.run_id)
+    for job in _claimed(Q(status=JobStatus.TERMINATING), limit, 30):
+        if _stop(job, current):
+            changed += 1
+            current.touched_runs.add(job.run_id)
     # Running jobs are polled at most every few seconds (the lease is kept), many per driver call.
     running = _claimed(Q(status=JobStatus.RUNNING), limit, POLL_SECONDS)
     for job, state in _poll_states(running, current):
@@ -71,25 +70,43 @@ def _poll_states(jobs: list[Job], current: Pass):
             yield job, states.get(job.workload_id)
 
 
-def _start(job: Job, current: Pass) -> bool:
-    instance = job.instance
-    try:
-        workload_id = current.driver(instance.backend).start_job(
-            job_name=job.name, instance_id=instance.provider_instance_id, commands=job.run.spec.get("commands", []),
-            env={**job.run.spec.get("env", {}), "DSTACK_NODES_NUM": str(job.run.spec.get("nodes", 1)),
-                 "DSTACK_NODE_RANK": str(job.job_num), "DSTACK_RUN_NAME": job.run.name},
-        )
-    except TransientError as err:
-        Job.objects.filter(pk=job.pk).update(status_message=f"provider error, retrying: {err}", lease_until=None)
-        return False
-    except DriverError as err:
-        return finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.SERVER_ERROR,
-                          message=f"could not start: {err}")
-    moved = mark_job_running(job=job, workload_id=workload_id)
-    if not moved:
-        # Stopped while it was starting: record the workload so the stop reaches it.
-        Job.objects.filter(pk=job.pk, workload_id="").update(workload_id=workload_id, lease_until=None)
-    return moved
+def _start_all(jobs: list[Job], current: Pass) -> list[Job]:
+    """Start the workloads of jobs whose instance is up, many per driver call; the changed jobs."""
+    by_backend: dict[int, list[Job]] = {}
+    for job in jobs:
+        by_backend.setdefault(job.instance.backend_id, []).append(job)
+    changed: list[Job] = []
+    for group in by_backend.values():
+        launches = [JobLaunch(job_name=job.name, instance_id=job.instance.provider_instance_id,
+                              commands=job.run.spec.get("commands", []), env=_env(job)) for job in group]
+        try:
+            results = current.driver(group[0].instance.backend).start_jobs(jobs=launches)
+        except DriverError as err:
+            results = [err] * len(group)
+        started = []
+        for job, result in zip(group, results, strict=True):
+            if isinstance(result, TransientError):
+                Job.objects.filter(pk=job.pk).update(status_message=f"provider error, retrying: {result}",
+                                                     lease_until=None)
+            elif isinstance(result, DriverError):
+                if finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.SERVER_ERROR,
+                              message=f"could not start: {result}"):
+                    changed.append(job)
+            else:
+                started.append((job, result))
+        moved = mark_jobs_running(started)
+        for job, workload_id in started:
+            if job.pk in moved:
+                changed.append(job)
+            else:  # stopped while it was starting: record the workload so the stop reaches it
+                Job.objects.filter(pk=job.pk, workload_id="").update(workload_id=workload_id, lease_until=None)
+    return changed
+
+
+def _env(job: Job) -> dict:
+    spec = job.run.spec
+    return {**spec.get("env", {}), "DSTACK_NODES_NUM": str(spec.get("nodes", 1)),
+            "DSTACK_NODE_RANK": str(job.job_num), "DSTACK_RUN_NAME": job.run.name}
 
 
 def _apply_poll(job: Job, state) -> bool:

@@ -107,6 +107,16 @@ class JobState:
 
 
 @dataclasses.dataclass(frozen=True)
+class JobLaunch:
+    """What ``start_jobs`` needs to start one workload."""
+
+    job_name: str
+    instance_id: str
+    commands: list[str]
+    env: dict
+
+
+@dataclasses.dataclass(frozen=True)
 class VolumeInfo:
     """A provider volume as the control plane records it."""
 
@@ -201,6 +211,20 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict) -> str:
         """Start the workload on the instance; return its workload id."""
+
+    def start_jobs(self, *, jobs: list[JobLaunch]) -> list[str | DriverError]:
+        """Start many workloads: for each launch, its workload id or the error starting it raised.
+
+        Drivers whose provider takes many at once override this; the default starts one by one.
+        """
+        results: list[str | DriverError] = []
+        for launch in jobs:
+            try:
+                results.append(self.start_job(job_name=launch.job_name, instance_id=launch.instance_id,
+                                              commands=launch.commands, env=launch.env))
+            except DriverError as err:
+                results.append(err)
+        return results
 
     @abc.abstractmethod
     def stop_job(self, *, workload_id: str) -> None:

@@ -33,6 +33,7 @@ from backends.drivers.base import (
     DriverError,
     FatalError,
     InstanceState,
+    JobLaunch,
     JobState,
     NoCapacityError,
     NotFoundError,
@@ -363,25 +364,39 @@ class SimDriver(Driver):
 
     @_sim_call
     def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict) -> str:
-        instance = self._instance(instance_id)
-        if self._interrupt_if_faulted(instance) or instance.state == SimInstanceState.TERMINATED:
-            raise FatalError(f"instance {instance_id} is {instance.state}")
-        if instance.state == SimInstanceState.PROVISIONING:
-            raise TransientError(f"instance {instance_id} is still provisioning")
-        duration, exit_status = plan_script(list(commands))
-        now = timezone.now()
-        job = SimJob.objects.create(
-            backend_id=self.backend.pk,
-            workload_id=_new_id("w"),
-            job_name=job_name,
-            instance_id=instance_id,
-            commands=list(commands),
-            env=dict(env),
-            started_at=now,
-            finishes_at=None if duration is None else now + datetime.timedelta(seconds=duration),
-            exit_status=exit_status,
-        )
-        return job.workload_id
+        result = self._start_many([JobLaunch(job_name, instance_id, list(commands), dict(env))])[0]
+        if isinstance(result, DriverError):
+            raise result
+        return result
+
+    @_sim_call
+    def start_jobs(self, *, jobs: list[JobLaunch]) -> list[str | DriverError]:
+        """One simulated API call for many launches (instances read once, workloads inserted at once)."""
+        return self._start_many(jobs)
+
+    def _start_many(self, launches: list[JobLaunch]) -> list[str | DriverError]:
+        instances = {i.instance_id: i for i in SimInstance.objects.filter(
+            backend_id=self.backend.pk, instance_id__in={launch.instance_id for launch in launches})}
+        now, results, rows = timezone.now(), [], []
+        for launch in launches:
+            instance = instances.get(launch.instance_id)
+            if instance is None:
+                results.append(NotFoundError(f"no instance {launch.instance_id}"))
+            elif self._interrupt_if_faulted(instance) or instance.state == SimInstanceState.TERMINATED:
+                results.append(FatalError(f"instance {launch.instance_id} is {instance.state}"))
+            elif instance.state == SimInstanceState.PROVISIONING:
+                results.append(TransientError(f"instance {launch.instance_id} is still provisioning"))
+            else:
+                duration, exit_status = plan_script(list(launch.commands))
+                rows.append(SimJob(
+                    backend_id=self.backend.pk, workload_id=_new_id("w"), job_name=launch.job_name,
+                    instance_id=launch.instance_id, commands=list(launch.commands), env=dict(launch.env),
+                    started_at=now, exit_status=exit_status,
+                    finishes_at=None if duration is None else now + datetime.timedelta(seconds=duration),
+                ))
+                results.append(rows[-1].workload_id)
+        SimJob.objects.bulk_create(rows)
+        return results
 
     @_sim_call
     def stop_job(self, *, workload_id: str) -> None:
