@@ -1,0 +1,69 @@
+"""Operator entry points: bootstrap, createuser, /healthz and /metrics."""
+
+import io
+
+import pytest
+from django.core.management import CommandError, call_command
+from rest_framework.authtoken.models import Token
+
+from backends.models import Backend
+from projects.bootstrap import bootstrap
+from projects.models import Membership, Project
+
+pytestmark = pytest.mark.django_db
+
+
+def _createuser(*args) -> str:
+    out = io.StringIO()
+    call_command("createuser", *args, stdout=out)
+    return out.getvalue().split()[-1]
+
+
+def test_bootstrap_is_idempotent_and_honours_the_token(monkeypatch):
+    user, token = bootstrap("s3cr3t-admin-token")
+    assert token == "s3cr3t-admin-token" and user.is_superuser
+    again_user, again_token = bootstrap(None)
+    assert (again_user.pk, again_token) == (user.pk, token)  # reused, not replaced
+    assert Project.objects.get().name == "main"
+    assert Backend.objects.get().name == "sim" and Backend.objects.get().type == "sim"
+    assert Membership.objects.get(user=user).role == "admin"
+
+
+def test_createuser_prints_a_working_token_as_the_last_word(api, project):
+    token = _createuser("carol", "--project", "main", "--role", "user")
+    assert Token.objects.get(key=token).user.username == "carol"
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert [p["name"] for p in client.get("/api/v1/projects/").json()["results"]] == ["main"]
+    assert _createuser("carol") == token  # running it again keeps the token
+
+
+def test_createuser_staff_and_bad_input(project):
+    token = _createuser("ops", "--staff")
+    assert Token.objects.get(key=token).user.is_staff
+    with pytest.raises(CommandError):
+        call_command("createuser", "dave", "--project", "nowhere", stdout=io.StringIO())
+
+
+def test_healthz_answers_200_when_database_and_broker_answer(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def test_healthz_answers_503_when_the_broker_does_not(client, monkeypatch):
+    from config.celery import app
+
+    monkeypatch.setattr(app.conf, "broker_url", "redis://127.0.0.1:1/0")  # nothing listens there
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unhealthy" and response.json()["broker"] != "ok"
+
+
+def test_metrics_count_resources_by_status(client, api, sim_backend):
+    api.post("/api/v1/projects/main/apply/", data="type: fleet\nname: gpu8\nnodes: 1\n",
+             content_type="application/yaml")
+    body = client.get("/metrics").content.decode()
+    assert "stackyard_block_count_corrections_total 0" in body
+    assert "# TYPE stackyard_instances gauge" in body
