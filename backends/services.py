@@ -7,7 +7,7 @@ from backends.models import Backend
 from backends.selectors import backend_dependencies
 from projects.errors import Conflict, InvalidInput, NotFound
 from projects.models import Project
-from projects.services import _valid_name, record_event
+from projects.services import record_event, valid_name
 
 
 def _validated_config(backend_type: str, config) -> dict:
@@ -32,7 +32,7 @@ def create_backend(
     actor: str = "",
 ) -> Backend:
     """Create a backend after its driver validated the config. Names are unique per project."""
-    name = _valid_name(name)
+    name = valid_name(name)
     config = _validated_config(type, config)
     credentials = _validated_credentials(credentials)
     if Backend.objects.filter(project=project, name=name).exists():

@@ -141,7 +141,8 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Celery ---------------------------------------------------------------------------------
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+# "localhost" only silences kombu's "no hostname" warning: the filesystem transport ignores it.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://localhost//")
 if CELERY_BROKER_URL.startswith("filesystem"):
     BROKER_DIR = DATA_DIR / "broker"
     (BROKER_DIR / "queue").mkdir(parents=True, exist_ok=True)

@@ -37,14 +37,19 @@ def _send(task, args) -> None:
         pass  # another committer queued it at the same moment
     except Exception:  # noqa: BLE001 - any broker failure is recovered by the next beat tick
         logger.warning("could not enqueue %s%r; the next reconcile pass will pick it up", task.name, args)
+        _forget_kick(task.name)
+
+
+def _forget_kick(task_name: str) -> None:
+    from projects.models import QueuedKick
+
+    try:
+        QueuedKick.objects.filter(task_name=task_name).delete()
+    except Exception:  # noqa: BLE001 - never block a task or a request on this bookkeeping
+        logger.debug("could not clear the queued kick of %s", task_name, exc_info=True)
 
 
 @task_prerun.connect
 def _pass_started(sender=None, **kwargs) -> None:
     """A pass is starting: from now on, new work needs a new kick."""
-    from projects.models import QueuedKick
-
-    try:
-        QueuedKick.objects.filter(task_name=sender.name).delete()
-    except Exception:  # noqa: BLE001 - never block a task on this bookkeeping
-        logger.debug("could not clear the queued kick of %s", sender.name, exc_info=True)
+    _forget_kick(sender.name)

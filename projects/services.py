@@ -1,7 +1,5 @@
 """Writes for projects, members, users and the event log, plus the state-transition primitive."""
 
-import secrets
-
 from django.contrib.auth import get_user_model
 from django.db import models, transaction
 from django.utils import timezone
@@ -46,7 +44,7 @@ def actor_name(user) -> str:
     return getattr(user, "username", "") or ""
 
 
-def _valid_name(name: str, field: str = "name") -> str:
+def valid_name(name: str, field: str = "name") -> str:
     try:
         return parse_name(name, field)
     except SpecError as err:
@@ -56,7 +54,7 @@ def _valid_name(name: str, field: str = "name") -> str:
 @transaction.atomic
 def create_project(*, name: str, owner=None) -> Project:
     """Create a project; its creator (if any) becomes its admin."""
-    name = _valid_name(name)
+    name = valid_name(name)
     if Project.objects.filter(name=name).exists():
         raise Conflict(f"project '{name}' already exists", code="already_exists")
     project = Project.objects.create(name=name)
@@ -94,10 +92,6 @@ def create_user(*, username: str, staff: bool = False, token: str | None = None)
     else:
         key = Token.objects.get_or_create(user=user)[0].key
     return user, key
-
-
-def new_token_key() -> str:
-    return secrets.token_hex(20)
 
 
 class ApplyResult:

@@ -126,15 +126,7 @@ def request_job_stop(*, job: Job, reason: str, actor: str = "") -> bool:
     return moved
 
 
-def latest_jobs(run: Run) -> list[Job]:
-    """The newest submission of each (replica, node) of a run."""
-    latest: dict[tuple[int, int], Job] = {}
-    for job in run.jobs.order_by("replica_num", "job_num", "submission_num"):
-        latest[(job.replica_num, job.job_num)] = job
-    return list(latest.values())
-
-
-def _run_event(run: Run, kind: str, message: str = "", actor: str = "") -> None:
+def record_run_event(run: Run, kind: str, message: str = "", actor: str = "") -> None:
     record_event(project=run.project_id, resource_type="run", resource_name=run.name, kind=kind, message=message,
                  actor=actor)
 
@@ -152,7 +144,7 @@ def start_run_termination(*, run: Run, reason: str, message: str = "", actor: st
                                  status_message=message or reason)
         if not moved:
             return False
-        _run_event(run, "terminating", message or reason, actor)
+        record_run_event(run, "terminating", message or reason, actor)
     for job in run.jobs.filter(status__in=JOB_ACTIVE_STATES).order_by("pk"):
         request_job_stop(job=job, reason=job_reason, actor=actor)
     return True
@@ -236,7 +228,7 @@ def _move(run: Run, to: str, **changes) -> bool:
     with transaction.atomic():
         moved = compare_and_swap(Run, pk=run.pk, allowed_from=(run.status,), to=to, **changes)
         if moved:
-            _run_event(run, to, changes.get("termination_reason", ""))
+            record_run_event(run, to, changes.get("termination_reason", ""))
     return moved
 
 

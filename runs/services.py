@@ -9,8 +9,8 @@ from fleets.services import check_backend_references
 from projects.background import enqueue_on_commit
 from projects.errors import Conflict, InvalidInput
 from projects.models import Project
-from projects.services import ApplyResult, record_event
-from runs.jobs import refresh_run_status, start_run_termination
+from projects.services import ApplyResult
+from runs.jobs import record_run_event, refresh_run_status, start_run_termination
 from runs.models import (
     RUN_FINISHED_STATES,
     Job,
@@ -21,11 +21,6 @@ from runs.models import (
     RunTerminationReason,
 )
 from volumes.models import Volume, VolumeStatus
-
-
-def _event(run: Run, kind: str, message: str = "", actor: str = "") -> None:
-    record_event(project=run.project_id, resource_type="run", resource_name=run.name, kind=kind, message=message,
-                 actor=actor)
 
 
 def _check_references(project: Project, spec: dict) -> None:
@@ -78,7 +73,7 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
             for replica in range(int(spec.get("replicas") or 1))
             for node in range(int(spec.get("nodes") or 1))
         )
-        _event(run, "submitted", actor=actor)
+        record_run_event(run, "submitted", actor=actor)
         from runs.tasks import place_jobs
 
         enqueue_on_commit(place_jobs)
@@ -115,7 +110,7 @@ def _escalate_to_abort(run: Run, actor: str) -> None:
         ).update(termination_reason=RunTerminationReason.ABORTED_BY_USER, status_message="aborting")
         if updated:
             run.jobs.filter(status=JobStatus.TERMINATING).update(termination_reason=JobTerminationReason.ABORTED_BY_USER)
-            _event(run, "abort_requested", actor=actor)
+            record_run_event(run, "abort_requested", actor=actor)
 
 
 def _kick_jobs() -> None:
@@ -130,6 +125,6 @@ def delete_run(*, run: Run, actor: str = "") -> None:
     run = Run.objects.select_for_update().get(pk=run.pk)
     if run.status not in RUN_FINISHED_STATES:
         raise Conflict(f"run '{run.name}' is {run.status}; stop it first", code="run_active")
-    _event(run, "deleted", actor=actor)
+    record_run_event(run, "deleted", actor=actor)
     run.delete()
 
