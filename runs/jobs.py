@@ -215,8 +215,10 @@ def _settle_run(run: Run, latest: list[Job]) -> None:
         _move(run, RunStatus.DONE, termination_reason=RunTerminationReason.ALL_JOBS_DONE, finished_at=timezone.now(),
               status_message="")
         return
-    reason = (RunTerminationReason.NO_CAPACITY if failed.termination_reason == JobTerminationReason.NO_CAPACITY
-              else RunTerminationReason.JOB_FAILED)
+    reason = {
+        JobTerminationReason.NO_CAPACITY: RunTerminationReason.NO_CAPACITY,
+        JobTerminationReason.VOLUME_ERROR: RunTerminationReason.VOLUME_ERROR,
+    }.get(failed.termination_reason, RunTerminationReason.JOB_FAILED)
     start_run_termination(run=run, reason=reason,
                           message=f"job {failed.name} failed: {failed.status_message or failed.termination_reason}")
     _finish_if_jobs_finished(Run.objects.get(pk=run.pk))

@@ -76,8 +76,19 @@ def place_jobs(*, limit: int = 200) -> int:
     return placed
 
 
+VOLUMES_NOT_BUILT = ("this run mounts volumes, and attaching volumes to jobs is not built yet; "
+                     "remove `volumes` to run it without them")
+
+
 def _place_replica(jobs: list[Job], current: Pass) -> int:
     run = jobs[0].run
+    current.touched_runs.add(run.pk)
+    if run.spec.get("volumes"):
+        # Never run a job without the data it asked for: fail it, saying why.
+        for job in jobs:
+            finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.VOLUME_ERROR,
+                       message=VOLUMES_NOT_BUILT)
+        return 0
     if run.spec.get("nodes", 1) > 1:
         placed = _place_whole_instances(run, jobs, current)
     else:
@@ -85,7 +96,6 @@ def _place_replica(jobs: list[Job], current: Pass) -> int:
         placed = int(_place_on_existing(jobs[0], attempt, current) or _place_on_new_instance(jobs[0], attempt, current))
         if not placed:
             _cannot_place(run, jobs[:1], attempt)
-    current.touched_runs.add(run.pk)
     return placed
 
 
