@@ -25,6 +25,7 @@ from projects.services import compare_and_swap, record_event
 
 logger = logging.getLogger(__name__)
 NO_CAPACITY_MEMORY = timedelta(minutes=5)
+NO_CAPACITY_BACKOFF = timedelta(seconds=15)
 LIVE_STATES = TERMINATABLE_STATES
 UP_POLL_SECONDS = 5
 
@@ -51,9 +52,9 @@ def _offer_filter_reason(offer: Offer, spec: dict) -> str | None:
     return None
 
 
-def _recent_no_capacity(project_id: int) -> set[tuple[int, str]]:
-    """(backend, region) pairs that answered "no capacity" lately: tried last, not first."""
-    since = timezone.now() - NO_CAPACITY_MEMORY
+def _recent_no_capacity(project_id: int, within: timedelta) -> set[tuple[int, str]]:
+    """(backend, region) pairs that answered "no capacity" within the last ``within``."""
+    since = timezone.now() - within
     return set(Instance.objects.filter(project_id=project_id, termination_reason="no_capacity", updated_at__gte=since)
                .values_list("backend_id", "region"))
 
@@ -68,7 +69,10 @@ def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = 
     backends = Backend.objects.filter(project_id=project_id)
     if names:
         backends = backends.filter(Q(name__in=names) | Q(type__in=names))
-    recent = _recent_no_capacity(project_id)
+    # A region that just said "no capacity" is skipped for a while (no churn of doomed instances);
+    # one that said so in the last minutes is tried last.
+    skipped = _recent_no_capacity(project_id, NO_CAPACITY_BACKOFF)
+    recent = _recent_no_capacity(project_id, NO_CAPACITY_MEMORY)
     found, reasons = [], []
     for backend in backends.order_by("name"):
         try:
@@ -77,9 +81,14 @@ def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = 
             reasons.append(f"backend {backend.name}: {err}")
             continue
         matched = [item for offer in offers if (item := _fit(backend, offer, fleet_spec, run_spec))]
+        available = [item for item in matched if (backend.pk, item[1].region) not in skipped]
         if not matched:
             reasons.append(f"backend {backend.name}: no offer matches the resources")
-        found.extend(matched)
+        elif not available:
+            reasons.append(f"backend {backend.name}: no capacity in "
+                           f"{', '.join(sorted({item[1].region for item in matched}))} just now; retrying within "
+                           f"{NO_CAPACITY_BACKOFF.seconds} s")
+        found.extend(available)
     if not backends.exists():
         reasons.append("no backend matches " + (", ".join(names) if names else "(the project has none)"))
     found.sort(key=lambda item: ((item[0].pk, item[1].region) in recent, item[1].price))

@@ -123,3 +123,19 @@ def test_deleting_a_fleet_stops_its_jobs_then_terminates_instances(sim_backend, 
     job = Run.objects.get(name="train").jobs.get()
     assert (job.status, job.termination_reason) == ("terminated", "stopped_by_server")
     assert Run.objects.get(name="train").status == "failed"
+
+
+def test_no_capacity_everywhere_backs_off_instead_of_churning(sim_backend, api, apply, reconcile):
+    for region in ("eu-west-1", "us-east-1"):
+        api.post(FAULTS, {"kind": "no_capacity", "region": region}, format="json")
+    apply("type: fleet\nname: any\nnodes: 1\nresources: {gpu: L4:1}\n")
+    reconcile(rounds=5)
+    # One attempt per region, then a pause (not one doomed instance per tick).
+    assert Instance.objects.count() == 2
+    assert Instance.objects.filter(termination_reason="no_capacity").count() == 2
+    assert "no capacity in eu-west-1, us-east-1 just now" in Fleet.objects.get().status_message
+    Instance.objects.update(updated_at=timezone.now() - timedelta(seconds=20))
+    api.delete(FAULTS)
+    reconcile()
+    assert Fleet.objects.get().status == "active"
+    assert Instance.objects.filter(status="idle").count() == 1
