@@ -55,7 +55,8 @@ def test_healthz_answers_200_when_database_and_broker_answer(client):
 def test_healthz_answers_503_when_the_broker_does_not(client, monkeypatch):
     from config.celery import app
 
-    monkeypatch.setattr(app.conf, "broker_url", "redis://127.0.0.1:1/0")  # nothing listens there
+    dead = "redis://127.0.0.1:1/0"  # nothing listens there
+    monkeypatch.setattr(app, "connection_for_write", lambda *args, **kwargs: app.connection(dead))
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["status"] == "unhealthy" and response.json()["broker"] != "ok"
