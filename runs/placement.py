@@ -90,6 +90,8 @@ def _place_replica(jobs: list[Job], current: Pass) -> int:
                        message=VOLUMES_NOT_BUILT)
         return 0
     if run.spec.get("nodes", 1) > 1:
+        if len(jobs) < run.spec["nodes"]:
+            return 0  # the claim split this replica: all its nodes are placed together, next pass
         placed = _place_whole_instances(run, jobs, current)
     else:
         attempt = Attempt()

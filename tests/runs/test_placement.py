@@ -167,3 +167,14 @@ def test_a_run_with_volumes_is_never_run_without_them(sim_backend, api, apply, r
     assert (run["status"], run["termination_reason"]) == ("failed", "volume_error")
     assert "attaching volumes to jobs is not built yet" in run["status_message"]
     assert _instance("gpu8-0").busy_blocks == 0
+
+
+def test_a_multi_node_replica_split_by_a_claim_waits_for_all_its_nodes(sim_backend, api, apply, reconcile):
+    from runs.placement import place_jobs
+
+    apply(GPU8.replace("nodes: 1", "nodes: 2"))
+    reconcile()
+    apply("type: task\nname: ddp\nnodes: 2\ncommands: [torchrun]\nresources: {gpu: 8}\n")
+    assert place_jobs(limit=1) == 0  # only node 0 was claimed: nothing is placed alone
+    assert not Run.objects.get(name="ddp").jobs.exclude(instance=None).exists()
+    assert place_jobs() == 2
