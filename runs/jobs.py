@@ -30,15 +30,35 @@ def _job_event(job: Job, kind: str, message: str = "", actor: str = "") -> None:
 
 def assign_job_to_instance(*, job: Job, instance: Instance, blocks: int) -> bool:
     """Give a submitted job ``blocks`` of ``instance``; False (nothing changed) if either moved first."""
+    return job.pk in assign_jobs([(job, instance, blocks)])
+
+
+def assign_jobs(assignments: list[tuple[Job, Instance, int]]) -> set[int]:
+    """Assign many submitted jobs in one transaction; returns the ids of the jobs assigned.
+
+    Each assignment takes its blocks with the guarded relative update (the instance row lock) and
+    moves its job in the same transaction; one that loses a race changes nothing and its job stays
+    ``submitted``. Callers pass the assignments in ascending instance order: every worker then locks
+    instances in the same order, so concurrent batches cannot deadlock.
+    """
+    assigned: set[int] = set()
+    events: list[Event] = []
+    now = timezone.now()
     with transaction.atomic():
-        if not take_blocks(instance_id=instance.pk, blocks=blocks):
-            return False
-        if not compare_and_swap(Job, pk=job.pk, allowed_from=(JobStatus.SUBMITTED,), to=JobStatus.PROVISIONING,
-                                instance=instance, blocks=blocks, status_message=f"placed on {instance.name}"):
-            transaction.set_rollback(True)
-            return False
-        _job_event(job, "provisioning", f"{blocks}/{instance.total_blocks} block(s) of {instance.name}")
-    return True
+        for job, instance, blocks in assignments:
+            if not take_blocks(instance_id=instance.pk, blocks=blocks):
+                continue
+            if Job.objects.filter(pk=job.pk, status=JobStatus.SUBMITTED, instance__isnull=True).update(
+                    status=JobStatus.PROVISIONING, instance=instance, blocks=blocks, updated_at=now,
+                    status_message=f"placed on {instance.name}"):
+                assigned.add(job.pk)
+                events.append(Event(project_id=job.project_id, resource_type="job", resource_name=job.name,
+                                    kind=JobStatus.PROVISIONING,
+                                    message=f"{blocks}/{instance.total_blocks} block(s) of {instance.name}"))
+            else:  # stopped meanwhile: the blocks go back in the same transaction
+                give_back_blocks(instance_id=instance.pk, blocks=blocks)
+        Event.objects.bulk_create(events)
+    return assigned
 
 
 def return_job_to_queue(*, job: Job, message: str) -> bool:

@@ -18,7 +18,7 @@ from fleets.models import INSTANCE_ASSIGNABLE_STATES, Fleet, FleetStatus, Instan
 from fleets.provisioning import grow_fleet
 from fleets.resources import blocks_needed, mismatch
 from projects import leases
-from runs.jobs import assign_job_to_instance, finish_job, refresh_run_statuses
+from runs.jobs import assign_jobs, finish_job, refresh_run_statuses
 from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
 
 PLACEABLE_RUN_STATES = (RunStatus.SUBMITTED, RunStatus.PENDING, RunStatus.PROVISIONING, RunStatus.RUNNING)
@@ -41,6 +41,8 @@ class Pass:
     def __init__(self):
         self.candidates: dict[str, list[Instance]] = {}
         self.touched_runs: set[int] = set()
+        self.plan: list[tuple[Job, Instance, int]] = []
+        self.placed = 0
 
     def instances_for(self, run: Run) -> list[Instance]:
         key = json.dumps([run.project_id] + [run.spec.get(k) for k in FILTER_KEYS], sort_keys=True)
@@ -49,10 +51,24 @@ class Pass:
         # Most loaded first (to pack blocks), then cheapest.
         return sorted(self.candidates[key], key=lambda i: (-i.busy_blocks, i.price, i.pk))
 
+    def assign(self, job: Job, instance: Instance, blocks: int) -> None:
+        """Plan an assignment; ``flush`` carries the plan out."""
+        self.plan.append((job, instance, blocks))
+        instance.busy_blocks += blocks
+
+    def flush(self) -> None:
+        """Carry out the planned assignments, a batch per transaction, in ascending instance order."""
+        plan, self.plan = sorted(self.plan, key=lambda item: item[1].pk), []
+        for start in range(0, len(plan), ASSIGNMENTS_PER_TRANSACTION):
+            self.placed += len(assign_jobs(plan[start:start + ASSIGNMENTS_PER_TRANSACTION]))
+
     def forget(self) -> None:
-        self.candidates.clear()  # a new instance, or a lost race: read again
+        """Read the candidates again (a new instance appeared): the plan so far is carried out first."""
+        self.flush()
+        self.candidates.clear()
 
 
+ASSIGNMENTS_PER_TRANSACTION = 50
 FILTER_KEYS = ("fleets", "regions", "availability_zones", "instance_types", "backends", "spot_policy", "max_price")
 
 
@@ -64,23 +80,24 @@ def place_jobs(*, limit: int = 200) -> int:
     groups: dict[tuple[int, int], list[Job]] = {}
     for job in jobs:
         groups.setdefault((job.run_id, job.replica_num), []).append(job)
-    placed, current = 0, Pass()
+    current = Pass()
     try:
         for group in groups.values():
-            placed += _place_replica(group, current)
+            _place_replica(group, current)
+        current.flush()
     finally:
         Job.objects.filter(pk__in=ids).update(lease_until=None)
     refresh_run_statuses(current.touched_runs)
-    if placed:
+    if current.placed:
         _kick_followers()
-    return placed
+    return current.placed
 
 
 VOLUMES_NOT_BUILT = ("this run mounts volumes, and attaching volumes to jobs is not built yet; "
                      "remove `volumes` to run it without them")
 
 
-def _place_replica(jobs: list[Job], current: Pass) -> int:
+def _place_replica(jobs: list[Job], current: Pass) -> None:
     run = jobs[0].run
     current.touched_runs.add(run.pk)
     if run.spec.get("volumes"):
@@ -88,17 +105,13 @@ def _place_replica(jobs: list[Job], current: Pass) -> int:
         for job in jobs:
             finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.VOLUME_ERROR,
                        message=VOLUMES_NOT_BUILT)
-        return 0
-    if run.spec.get("nodes", 1) > 1:
-        if len(jobs) < run.spec["nodes"]:
-            return 0  # the claim split this replica: all its nodes are placed together, next pass
-        placed = _place_whole_instances(run, jobs, current)
+    elif run.spec.get("nodes", 1) > 1:
+        if len(jobs) == run.spec["nodes"]:  # else the claim split this replica: placed whole next pass
+            _place_whole_instances(run, jobs, current)
     else:
         attempt = Attempt()
-        placed = int(_place_on_existing(jobs[0], attempt, current) or _place_on_new_instance(jobs[0], attempt, current))
-        if not placed:
+        if not (_place_on_existing(jobs[0], attempt, current) or _place_on_new_instance(jobs[0], attempt, current)):
             _cannot_place(run, jobs[:1], attempt)
-    return placed
 
 
 def _candidate_instances(run: Run):
@@ -130,12 +143,9 @@ def _place_on_existing(job: Job, attempt: Attempt, current: Pass) -> bool:
             attempt.add(instance.name, why)
         elif blocks > instance.idle_blocks:
             attempt.add(instance.name, f"needs {blocks} block(s), {instance.idle_blocks}/{instance.total_blocks} idle")
-        elif assign_job_to_instance(job=job, instance=instance, blocks=blocks):
-            instance.busy_blocks += blocks
-            return True
         else:
-            attempt.add(instance.name, "taken by another job at the same moment")
-            current.forget()
+            current.assign(job, instance, blocks)
+            return True
     if not attempt.reasons:
         attempt.add("instances", "none in the fleets this run may use")
     return False
@@ -157,12 +167,13 @@ def _place_on_new_instance(job: Job, attempt: Attempt, current: Pass) -> bool:
             continue
         current.forget()
         blocks, _ = blocks_needed(instance.resources, instance.total_blocks, job.run.spec["resources"])
-        if blocks is not None and assign_job_to_instance(job=job, instance=instance, blocks=blocks):
+        if blocks is not None:
+            current.assign(job, instance, blocks)
             return True
     return False
 
 
-def _place_whole_instances(run: Run, jobs: list[Job], current: Pass) -> int:
+def _place_whole_instances(run: Run, jobs: list[Job], current: Pass) -> None:
     """All nodes of a multi-node replica take whole idle instances of one fleet, or none does."""
     attempt = Attempt()
     requirements = run.spec["resources"]
@@ -176,21 +187,25 @@ def _place_whole_instances(run: Run, jobs: list[Job], current: Pass) -> int:
         else:
             by_fleet.setdefault(instance.fleet_id, []).append(instance)
     for instances in by_fleet.values():
-        if len(instances) >= len(jobs) and _assign_gang(jobs, instances):
-            current.forget()
-            return len(jobs)
+        if len(instances) >= len(jobs) and _assign_gang(jobs, instances, current):
+            return
     if by_fleet:
         attempt.add("fleets", f"no fleet has {len(jobs)} idle instances that fit")
     _cannot_place(run, jobs, attempt)
-    return 0
 
 
-def _assign_gang(jobs: list[Job], instances: list[Instance]) -> bool:
+def _assign_gang(jobs: list[Job], instances: list[Instance], current: Pass) -> bool:
+    """All nodes at once or none: one transaction, instances in ascending order like every batch."""
+    current.flush()
+    chosen = sorted(instances[:len(jobs)], key=lambda instance: instance.pk)
     with transaction.atomic():
-        for job, instance in zip(jobs, instances, strict=False):
-            if not assign_job_to_instance(job=job, instance=instance, blocks=instance.total_blocks):
-                transaction.set_rollback(True)
-                return False
+        pairs = zip(jobs, chosen, strict=True)
+        assigned = assign_jobs([(job, instance, instance.total_blocks) for job, instance in pairs])
+        if len(assigned) < len(jobs):
+            transaction.set_rollback(True)
+            return False
+    current.placed += len(jobs)
+    current.forget()
     return True
 
 
