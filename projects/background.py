@@ -10,7 +10,7 @@ import logging
 from datetime import timedelta
 
 from celery.signals import task_prerun
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
@@ -31,10 +31,10 @@ def _send(task, args) -> None:
             fresh = now - timedelta(seconds=KICK_STALE_SECONDS)
             if QueuedKick.objects.filter(task_name=task.name, queued_at__gte=fresh).exists():
                 return
-            QueuedKick.objects.update_or_create(task_name=task.name, defaults={"queued_at": now})
+            # One statement (INSERT ... ON CONFLICT DO UPDATE) on PostgreSQL and SQLite alike.
+            QueuedKick.objects.bulk_create([QueuedKick(task_name=task.name, queued_at=now)], update_conflicts=True,
+                                           unique_fields=["task_name"], update_fields=["queued_at"])
         task.apply_async(args=args, retry=False)
-    except IntegrityError:
-        pass  # another committer queued it at the same moment
     except Exception:  # noqa: BLE001 - any broker failure is recovered by the next beat tick
         logger.warning("could not enqueue %s%r; the next reconcile pass will pick it up", task.name, args)
         _forget_kick(task.name)
