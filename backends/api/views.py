@@ -10,7 +10,7 @@ from backends.api.serializers import (
     FaultSerializer,
     TerminatedInstancesSerializer,
 )
-from backends.drivers import sim
+from backends.drivers import sim_faults
 from backends.models import Backend
 from projects.api.base import ProjectScopedViewSet
 
@@ -58,9 +58,9 @@ class BackendViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectSc
         """Faults injected into a sim backend (400 ``not_a_sim_backend`` for other types)."""
         backend = self.get_object()
         if request.method == "POST":
-            fault = sim.add_fault(backend, request.data if isinstance(request.data, dict) else None)
+            fault = sim_faults.add_fault(backend, request.data if isinstance(request.data, dict) else None)
             return Response(FaultSerializer(fault).data, status=status.HTTP_201_CREATED)
         if request.method == "DELETE":
-            sim.clear_faults(backend, kind=request.query_params.get("kind"))
+            sim_faults.clear_faults(backend, kind=request.query_params.get("kind"))
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(FaultSerializer(sim.list_faults(backend), many=True).data)
+        return Response(FaultSerializer(sim_faults.list_faults(backend), many=True).data)

@@ -44,7 +44,6 @@ from backends.drivers.base import (
 )
 
 # validate_fault is part of this module's service API (with add_fault, list_faults, clear_faults).
-from backends.drivers.sim_catalogue import FAULT_SCHEMAS, validate_fault
 from backends.sim_models import (
     SimFault,
     SimFaultKind,
@@ -55,7 +54,6 @@ from backends.sim_models import (
     SimVolume,
     SimVolumeState,
 )
-from projects.errors import InvalidInput
 
 LIVE_INSTANCE_STATES = (SimInstanceState.PROVISIONING, SimInstanceState.RUNNING)
 # AWS recommends /dev/sdf../dev/sdp for data volumes; the sim hands them out in order.
@@ -468,39 +466,3 @@ class SimDriver(Driver):
         return [TaggedResource("instance", i.instance_id, i.name) for i in instances] + [
             TaggedResource("volume", v.volume_id, v.name) for v in volumes
         ]
-
-
-# --- fault services (API and admin) ------------------------------------------------------------
-
-
-def _require_sim(backend) -> None:
-    if backend.type != "sim":
-        raise InvalidInput(
-            f"backend {backend.name!r} is a {backend.type} backend; faults exist only on sim backends",
-            code="not_a_sim_backend",
-        )
-
-
-def add_fault(backend, payload: dict) -> SimFault:
-    """Validate and store a fault on a sim backend; it applies to every driver call from now on."""
-    _require_sim(backend)
-    fault = validate_fault(payload)
-    return SimFault.objects.create(backend=backend, kind=fault.pop("kind"), params=fault)
-
-
-def list_faults(backend):
-    """The backend's faults, oldest first (a queryset of ``SimFault``)."""
-    _require_sim(backend)
-    return SimFault.objects.filter(backend=backend).order_by("id")
-
-
-def clear_faults(backend, kind: str | None = None) -> int:
-    """Delete the backend's faults (only those of ``kind`` if given); return how many were deleted."""
-    _require_sim(backend)
-    if kind is not None and kind not in FAULT_SCHEMAS:
-        raise InvalidInput(f"unknown fault kind {kind!r}", code="invalid_fault", field="kind")
-    faults = SimFault.objects.filter(backend=backend)
-    if kind is not None:
-        faults = faults.filter(kind=kind)
-    deleted, _ = faults.delete()
-    return deleted

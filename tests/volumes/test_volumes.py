@@ -2,7 +2,7 @@
 
 import pytest
 
-from backends.drivers import sim
+from backends.drivers import sim_faults
 from projects.models import Event
 from tests import factories
 from volumes.models import Volume
@@ -37,11 +37,11 @@ def test_volume_is_provisioned_then_deleted_after_the_provider_confirms(project,
 
 def test_provider_errors_are_retried_and_visible(project, sim_backend, api):
     _create(api)
-    sim.add_fault(sim_backend, {"kind": "api_errors", "rate": 1})
+    sim_faults.add_fault(sim_backend, {"kind": "api_errors", "rate": 1})
     assert process_volumes() == 0
     body = api.get(VOLUMES + "data-eu/").json()
     assert body["status"] == "provisioning" and "retrying" in body["status_message"]
-    sim.clear_faults(sim_backend)
+    sim_faults.clear_faults(sim_backend)
     assert process_volumes() == 1
     assert api.get(VOLUMES + "data-eu/").json()["status"] == "active"
 

@@ -1,0 +1,43 @@
+"""Faults of a sim backend: the API and the admin add, list and clear them; the sim driver reads them.
+
+Each kind is described in ``sim_catalogue.FAULT_SCHEMAS``; a fault applies from the next driver call on.
+"""
+
+from backends.drivers.sim_catalogue import FAULT_SCHEMAS, validate_fault
+from backends.sim_models import SimFault
+from projects.errors import InvalidInput
+
+__all__ = ["add_fault", "clear_faults", "list_faults", "validate_fault"]
+
+
+def _require_sim(backend) -> None:
+    if backend.type != "sim":
+        raise InvalidInput(
+            f"backend {backend.name!r} is a {backend.type} backend; faults exist only on sim backends",
+            code="not_a_sim_backend",
+        )
+
+
+def add_fault(backend, payload: dict) -> SimFault:
+    """Validate and store a fault on a sim backend; it applies to every driver call from now on."""
+    _require_sim(backend)
+    fault = validate_fault(payload)
+    return SimFault.objects.create(backend=backend, kind=fault.pop("kind"), params=fault)
+
+
+def list_faults(backend):
+    """The backend's faults, oldest first (a queryset of ``SimFault``)."""
+    _require_sim(backend)
+    return SimFault.objects.filter(backend=backend).order_by("id")
+
+
+def clear_faults(backend, kind: str | None = None) -> int:
+    """Delete the backend's faults (only those of ``kind`` if given); return how many were deleted."""
+    _require_sim(backend)
+    if kind is not None and kind not in FAULT_SCHEMAS:
+        raise InvalidInput(f"unknown fault kind {kind!r}", code="invalid_fault", field="kind")
+    faults = SimFault.objects.filter(backend=backend)
+    if kind is not None:
+        faults = faults.filter(kind=kind)
+    deleted, _ = faults.delete()
+    return deleted
