@@ -254,3 +254,12 @@ def test_instance_changelist_uses_a_bounded_number_of_queries(admin_client, proj
         response = admin_client.get(url(Instance, "changelist"))
     assert response.status_code == 200
     assert "0/8 busy" in page_text(response)
+
+
+def test_instance_list_shows_block_usage(admin_client, project, sim_backend):
+    fleet = factories.FleetFactory(project=project, name="gpu8")
+    factories.InstanceFactory(fleet=fleet, backend=sim_backend, instance_num=0, total_blocks=8, busy_blocks=6,
+                              status="busy")
+    response = admin_client.get(reverse("admin:fleets_instance_changelist"))
+    assert response.status_code == 200
+    assert "6/8 busy" in response.content.decode()
