@@ -16,6 +16,7 @@ from django.utils import timezone
 from backends.drivers.base import DriverError, NoCapacityError, Offer, TransientError
 from backends.drivers.registry import get_driver
 from backends.models import Backend
+from backends.selectors import named
 from fleets.models import INSTANCE_UP_STATES, Fleet, FleetStatus, Instance, InstanceStatus
 from fleets.resources import blocks_needed, mismatch, total_blocks_for
 from fleets.services import TERMINATABLE_STATES, create_instance, request_instance_termination
@@ -68,7 +69,7 @@ def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = 
     names = fleet_spec.get("backends") or []
     backends = Backend.objects.filter(project_id=project_id)
     if names:
-        backends = backends.filter(Q(name__in=names) | Q(type__in=names))
+        backends = backends.filter(named(names))
     # A region that just said "no capacity" is skipped for a while (no churn of doomed instances);
     # one that said so in the last minutes is tried last.
     skipped = _recent_no_capacity(project_id, NO_CAPACITY_BACKOFF)

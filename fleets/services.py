@@ -6,6 +6,7 @@ from django.db.models import Max, Q
 from backends.drivers.base import DriverError, NotFoundError
 from backends.drivers.registry import get_driver
 from backends.models import Backend
+from backends.selectors import named
 from backends.services import lock_backend
 from fleets.models import (
     FLEET_FINISHED_STATES,
@@ -29,7 +30,7 @@ def check_backend_references(project: Project, names: list[str] | None, field: s
     if not names:
         return
     known = set()
-    for name, type_ in Backend.objects.filter(project=project).values_list("name", "type"):
+    for name, type_ in Backend.objects.filter(named(names), project=project).values_list("name", "type"):
         known.update({name, type_})
     missing = [n for n in names if n not in known]
     if missing:

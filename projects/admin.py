@@ -15,11 +15,8 @@ from projects.models import Event, Membership, Project
 from projects.services import add_member, create_project
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Shows rows but offers no add, change or delete: state changes only through services (actions).
-
-    Actions declared with ``permissions=["operate"]`` need the model's Django change permission.
-    """
+class NoWrites:
+    """No add, change or delete through the admin's forms: state changes only through services."""
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -30,24 +27,20 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+
+class ReadOnlyAdmin(NoWrites, admin.ModelAdmin):
+    """Shows rows; actions declared with ``permissions=["operate"]`` (which call services) need the
+    model's Django change permission."""
+
     def has_operate_permission(self, request):
-        return super().has_change_permission(request)
+        return admin.ModelAdmin.has_change_permission(self, request)
 
 
-class ReadOnlyInline(admin.TabularInline):
+class ReadOnlyInline(NoWrites, admin.TabularInline):
     """An inline list of related rows that cannot be added, changed or deleted here."""
 
     extra = 0
     show_change_link = True
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 def run_for_each(modeladmin, request, queryset, call: Callable[[object, str], str | None], *, done: str = "") -> None:

@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from backends.selectors import named
 from fleets.models import INSTANCE_ASSIGNABLE_STATES, Fleet, FleetStatus, Instance
 from fleets.provisioning import grow_fleet
 from fleets.resources import blocks_needed, mismatch
@@ -126,7 +127,7 @@ def _candidate_instances(run: Run):
         if spec.get(key):
             instances = instances.filter(**{f"{column}__in": spec[key]})
     if spec.get("backends"):
-        instances = instances.filter(Q(backend__name__in=spec["backends"]) | Q(backend__type__in=spec["backends"]))
+        instances = instances.filter(named(spec["backends"], prefix="backend__"))
     if spec.get("spot_policy") in ("spot", "on-demand"):
         instances = instances.filter(spot=spec["spot_policy"] == "spot")
     if spec.get("max_price") is not None:

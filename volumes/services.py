@@ -7,6 +7,7 @@ from django.utils import timezone
 from backends.drivers.base import DriverError, NotFoundError, TransientError
 from backends.drivers.registry import get_driver
 from backends.models import Backend
+from backends.selectors import named
 from backends.services import lock_backend
 from projects import leases
 from projects.background import enqueue_on_commit
@@ -28,7 +29,7 @@ def _event(volume: Volume, kind: str, message: str = "", actor: str = "") -> Non
 
 
 def _backend_for(project: Project, name: str) -> Backend:
-    backend = Backend.objects.filter(project=project).filter(Q(name=name) | Q(type=name)).order_by("name").first()
+    backend = Backend.objects.filter(named([name]), project=project).order_by("name").first()
     if backend is None:
         raise InvalidInput(f"backend: no backend named or of type '{name}' in project '{project.name}'",
                            field="backend")

@@ -139,3 +139,19 @@ def test_no_capacity_everywhere_backs_off_instead_of_churning(sim_backend, api, 
     reconcile()
     assert Fleet.objects.get().status == "active"
     assert Instance.objects.filter(status="idle").count() == 1
+
+
+def test_backends_are_named_by_name_or_by_type(project, api, apply, reconcile):
+    from tests import factories
+
+    factories.BackendFactory(project=project, name="lab", type="sim")
+    apply("type: fleet\nname: by-type\nnodes: 1\nbackends: [sim]\nresources: {gpu: L4:1}\n")
+    apply("type: volume\nname: data\nbackend: sim\nregion: eu-west-1\nsize: 10GB\n")
+    reconcile()
+    assert Instance.objects.get().backend.name == "lab"
+    assert api.get("/api/v1/projects/main/volumes/data/").json()["backend"] == "lab"
+    apply("type: task\nname: by-name\ncommands: [x]\nresources: {gpu: 1}\nbackends: [lab]\n")
+    reconcile()
+    assert Run.objects.get(name="by-name").jobs.get().instance.name == "by-type-0"
+    body = apply("type: task\nname: nowhere\ncommands: [x]\nbackends: [aws]\n", expect=400)
+    assert "aws" in body["detail"]
