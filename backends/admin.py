@@ -12,9 +12,9 @@ from django.urls import reverse
 from backends.models import Backend, SimFault, SimInstance, SimJob, SimVolume
 from backends.selectors import backend_dependencies
 from backends.services import create_backend, delete_backend, terminate_backend_instances, update_backend
+from core.admin import ReadOnlyAdmin, ServiceForm, ServiceFormAdmin
+from core.errors import ServiceError
 from fleets.models import INSTANCE_ACTIVE_STATES
-from projects.admin import ReadOnlyAdmin, ServiceForm, ServiceFormAdmin
-from projects.errors import ServiceError
 from volumes.models import VolumeStatus
 
 

@@ -5,9 +5,10 @@ from django.db import transaction
 from backends.drivers.registry import driver_class
 from backends.models import Backend
 from backends.selectors import backend_dependencies
-from projects.errors import Conflict, InvalidInput, NotFound
+from core.errors import Conflict, InvalidInput, NotFound
+from core.events import record_event
 from projects.models import Project
-from projects.services import record_event, valid_name
+from projects.services import valid_name
 
 
 def _validated_config(backend_type: str, config) -> dict:

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from projects.ops import healthz, metrics
+from ops.views import healthz, metrics
 
 api_v1 = [
     path("", include("projects.api.urls")),
@@ -10,6 +10,7 @@ api_v1 = [
     path("", include("fleets.api.urls")),
     path("", include("volumes.api.urls")),
     path("", include("runs.api.urls")),
+    path("", include("configurations.api.urls")),
 ]
 
 urlpatterns = [

@@ -3,10 +3,10 @@
 from django.contrib import admin
 from django.db.models import Count, Q
 
+from core.admin import ReadOnlyAdmin, ReadOnlyInline, run_for_each
+from core.errors import Conflict
 from fleets.models import INSTANCE_ACTIVE_STATES, Fleet, Instance
 from fleets.services import delete_fleet, request_instance_termination
-from projects.admin import ReadOnlyAdmin, ReadOnlyInline, run_for_each
-from projects.errors import Conflict
 
 
 @admin.display(description="blocks")

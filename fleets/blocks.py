@@ -10,8 +10,8 @@ from django.db.models import Case, F, IntegerField, OuterRef, Q, Subquery, Sum, 
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from core.models import Event
 from fleets.models import INSTANCE_ASSIGNABLE_STATES, INSTANCE_UP_STATES, Instance, InstanceStatus
-from projects.models import Event
 
 _BUSY_OR_IDLE = Case(
     When(busy_blocks__gt=0, then=Value(InstanceStatus.BUSY)),

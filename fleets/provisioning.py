@@ -17,12 +17,13 @@ from backends.drivers.base import DriverError, NoCapacityError, Offer, Transient
 from backends.drivers.registry import get_driver
 from backends.models import Backend
 from backends.selectors import named
+from core import leases
+from core.events import record_event
+from core.kicks import kick
+from core.transitions import compare_and_swap
 from fleets.models import INSTANCE_UP_STATES, Fleet, FleetStatus, Instance, InstanceStatus
 from fleets.resources import blocks_needed, mismatch, total_blocks_for
 from fleets.services import TERMINATABLE_STATES, create_instance, request_instance_termination
-from projects import leases
-from projects.background import enqueue_on_commit
-from projects.services import compare_and_swap, record_event
 
 logger = logging.getLogger(__name__)
 NO_CAPACITY_MEMORY = timedelta(minutes=5)
@@ -127,9 +128,7 @@ def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, whole_instance: bo
     )
     if instance is None:
         return None, f"at its maximum of {maximum} instance(s)"
-    from fleets.tasks import process_instances
-
-    enqueue_on_commit(process_instances)
+    kick("fleets.process_instances")
     return instance, ""
 
 
@@ -225,9 +224,7 @@ def _provision(instance: Instance) -> int:
                                  status_message="")
         if moved:
             _event(instance, "provisioning", f"provider id {provider_id}")
-            from fleets.tasks import process_instances as task
-
-            enqueue_on_commit(task)
+            kick("fleets.process_instances")
     return int(moved)
 
 
@@ -249,9 +246,7 @@ def _poll(instance: Instance) -> int:
                                  idle_since=None if instance.busy_blocks else timezone.now(), lease_until=None)
         if moved:
             _event(instance, to, "up")
-            from runs.tasks import process_jobs
-
-            enqueue_on_commit(process_jobs)
+            kick("runs.process_jobs")
     return int(moved)
 
 
@@ -278,7 +273,5 @@ def _lose(instance: Instance, *, reason: str, message: str) -> int:
                        "interrupted" else JobTerminationReason.NO_CAPACITY, message=message)
     for run_id in run_ids:
         refresh_run_status(run_id=run_id)
-    from runs.tasks import place_jobs
-
-    enqueue_on_commit(place_jobs)
+    kick("runs.place_jobs")
     return 1

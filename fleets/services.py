@@ -8,6 +8,12 @@ from backends.drivers.registry import get_driver
 from backends.models import Backend
 from backends.selectors import named
 from backends.services import lock_backend
+from core import leases
+from core.errors import Conflict, InvalidInput
+from core.events import record_event
+from core.kicks import kick
+from core.specs import ApplyResult, spec_changes
+from core.transitions import compare_and_swap
 from fleets.models import (
     FLEET_FINISHED_STATES,
     INSTANCE_ACTIVE_STATES,
@@ -16,11 +22,7 @@ from fleets.models import (
     Instance,
     InstanceStatus,
 )
-from projects import leases
-from projects.background import enqueue_on_commit
-from projects.errors import Conflict, InvalidInput
 from projects.models import Project
-from projects.services import ApplyResult, compare_and_swap, record_event, spec_changes
 
 TERMINATABLE_STATES = (InstanceStatus.PENDING, InstanceStatus.PROVISIONING, InstanceStatus.IDLE, InstanceStatus.BUSY)
 
@@ -67,9 +69,7 @@ def apply_fleet(*, project: Project, spec: dict, actor: str = "", dry_run: bool 
 
 
 def _kick_fleets() -> None:
-    from fleets.tasks import process_fleets
-
-    enqueue_on_commit(process_fleets)
+    kick("fleets.process_fleets")
 
 
 def _plan_fleet(existing: Fleet | None, spec: dict) -> ApplyResult:
@@ -154,10 +154,7 @@ def request_instance_termination(*, instance: Instance, reason: str, actor: str 
         if moved:
             record_event(project=instance.project_id, resource_type="instance", resource_name=instance.name,
                          kind="terminating", message=reason, actor=actor)
-            from fleets.tasks import terminate_instances
-            from projects.background import enqueue_on_commit
-
-            enqueue_on_commit(terminate_instances)
+            kick("fleets.terminate_instances")
     return moved
 
 

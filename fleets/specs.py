@@ -1,6 +1,6 @@
 """The dstack-compatible fleet configuration (``type: fleet``): parsing and validation, no database."""
 
-from projects.specs import (
+from core.specs import (
     SpecError,
     check_keys,
     check_type,

@@ -1,43 +1,15 @@
-"""Writes for projects, members, users and the event log, plus the state-transition primitive."""
+"""Writes for projects, members and users."""
 
 from django.contrib.auth import get_user_model
-from django.db import models, transaction
-from django.utils import timezone
+from django.db import transaction
 from rest_framework.authtoken.models import Token
 
-from projects.errors import Conflict, InvalidInput
-from projects.models import Event, Membership, Project, Role
-from projects.specs import SpecError, parse_name
+from core.errors import Conflict, InvalidInput
+from core.events import record_event
+from core.specs import SpecError, parse_name
+from projects.models import Membership, Project, Role
 
 User = get_user_model()
-
-
-def record_event(
-    *, project: Project | int, resource_type: str, resource_name: str, kind: str, message: str = "", actor: str = ""
-) -> Event:
-    """Append one event. Callers write it inside the transaction of the change it describes."""
-    project_id = project if isinstance(project, int) else project.pk
-    return Event.objects.create(
-        project_id=project_id,
-        resource_type=resource_type,
-        resource_name=resource_name,
-        kind=kind,
-        message=message,
-        actor=actor or "",
-    )
-
-
-def compare_and_swap(
-    model: type[models.Model], *, pk: int, allowed_from, to: str, **changes
-) -> bool:
-    """Move one row to status ``to`` only if it is still in ``allowed_from``.
-
-    Returns False when someone else moved it first; the caller decides what that means
-    (409 in the API, skip in a task). ``updated_at`` is set because ``update()`` skips auto_now.
-    """
-    if any(f.name == "updated_at" for f in model._meta.fields):
-        changes.setdefault("updated_at", timezone.now())
-    return model.objects.filter(pk=pk, status__in=list(allowed_from)).update(status=to, **changes) == 1
 
 
 def actor_name(user) -> str:
@@ -92,21 +64,3 @@ def create_user(*, username: str, staff: bool = False, token: str | None = None)
     else:
         key = Token.objects.get_or_create(user=user)[0].key
     return user, key
-
-
-class ApplyResult:
-    """What applying one configuration did (or, on a dry run, would do)."""
-
-    def __init__(self, *, type: str, name: str, action: str, spec: dict, changes: dict | None = None, resource=None):
-        self.type = type
-        self.name = name
-        self.action = action  # "create", "update", "replace" or "unchanged"
-        self.spec = spec
-        self.changes = changes or {}
-        self.resource = resource
-
-
-def spec_changes(old: dict, new: dict) -> dict:
-    """Top-level fields whose value differs between two normalized specs: {field: {old, new}}."""
-    keys = sorted(set(old) | set(new))
-    return {k: {"old": old.get(k), "new": new.get(k)} for k in keys if old.get(k) != new.get(k)}

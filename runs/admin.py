@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from projects.admin import ReadOnlyAdmin, ReadOnlyInline, run_for_each
+from core.admin import ReadOnlyAdmin, ReadOnlyInline, run_for_each
 from runs.models import Job, Run
 from runs.services import delete_run, stop_run
 

@@ -7,10 +7,11 @@ the same transaction as its own transition (``fleets.blocks``).
 from django.db import transaction
 from django.utils import timezone
 
+from core.events import record_event
+from core.models import Event
+from core.transitions import compare_and_swap
 from fleets.blocks import give_back_blocks, take_blocks
 from fleets.models import Instance
-from projects.models import Event
-from projects.services import compare_and_swap, record_event
 from runs.models import (
     JOB_ACTIVE_STATES,
     RUN_FINISHED_STATES,

@@ -15,10 +15,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from backends.selectors import named
+from core import leases
+from core.kicks import kick
 from fleets.models import INSTANCE_ASSIGNABLE_STATES, Fleet, FleetStatus, Instance
 from fleets.provisioning import grow_fleet
 from fleets.resources import blocks_needed, mismatch
-from projects import leases
 from runs.jobs import assign_jobs, finish_job, refresh_run_statuses
 from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
 
@@ -211,12 +212,8 @@ def _assign_gang(jobs: list[Job], instances: list[Instance], current: Pass) -> b
 
 
 def _kick_followers() -> None:
-    from fleets.tasks import process_instances
-    from projects.background import enqueue_on_commit
-    from runs.tasks import process_jobs
-
-    enqueue_on_commit(process_jobs)
-    enqueue_on_commit(process_instances)
+    kick("runs.process_jobs")
+    kick("fleets.process_instances")
 
 
 def _cannot_place(run: Run, jobs: list[Job], attempt: Attempt) -> None:

@@ -4,12 +4,12 @@ import secrets
 
 from django.db import transaction
 
+from core.errors import Conflict, InvalidInput
+from core.kicks import kick
+from core.specs import ApplyResult
 from fleets.models import Fleet
 from fleets.services import check_backend_references
-from projects.background import enqueue_on_commit
-from projects.errors import Conflict, InvalidInput
 from projects.models import Project
-from projects.services import ApplyResult
 from runs.jobs import record_run_event, refresh_run_status, start_run_termination
 from runs.models import (
     RUN_FINISHED_STATES,
@@ -74,9 +74,7 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
             for node in range(int(spec.get("nodes") or 1))
         )
         record_run_event(run, "submitted", actor=actor)
-        from runs.tasks import place_jobs
-
-        enqueue_on_commit(place_jobs)
+        kick("runs.place_jobs")
         result.resource = run
         return result
 
@@ -114,9 +112,7 @@ def _escalate_to_abort(run: Run, actor: str) -> None:
 
 
 def _kick_jobs() -> None:
-    from runs.tasks import process_jobs
-
-    enqueue_on_commit(process_jobs)
+    kick("runs.process_jobs")
 
 
 @transaction.atomic

@@ -2,7 +2,7 @@
 
 import posixpath
 
-from projects.specs import (
+from core.specs import (
     SpecError,
     check_keys,
     parse_count,

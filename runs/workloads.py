@@ -5,8 +5,8 @@ from django.db.models import Q
 
 from backends.drivers.base import DriverError, JobLaunch, NotFoundError, TransientError
 from backends.drivers.registry import get_driver
+from core import leases
 from fleets.models import INSTANCE_UP_STATES
-from projects import leases
 from runs.jobs import finish_job, mark_jobs_running, refresh_run_statuses
 from runs.models import Job, JobStatus, JobTerminationReason
 

@@ -5,8 +5,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from backends.models import Backend, SimFault, SimInstance, SimJob, SimVolume
+from core.models import Event
 from fleets.models import Fleet, Instance, InstanceStatus
-from projects.models import Event, Membership, Project
+from projects.models import Membership, Project
 from runs.models import Job, JobStatus, Run, RunStatus
 from tests import factories
 from volumes.models import Volume, VolumeAttachment

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from projects.configuration import load_document, parse_configuration
-from projects.specs import SpecError, parse_duration, parse_env, parse_range, parse_resources, parse_size
+from configurations.loading import load_document, parse_configuration
+from core.specs import SpecError, parse_duration, parse_env, parse_range, parse_resources, parse_size
 
 EXAMPLES = sorted(Path("/work/shared/examples").glob("*.yml"))
 

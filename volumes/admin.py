@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.db.models import OuterRef, Subquery
 
-from projects.admin import ReadOnlyAdmin, ReadOnlyInline, run_for_each
+from core.admin import ReadOnlyAdmin, ReadOnlyInline, run_for_each
 from volumes.models import ATTACHMENT_LIVE_STATES, Volume, VolumeAttachment
 from volumes.services import delete_volume, request_force_detach
 

@@ -9,11 +9,13 @@ from backends.drivers.registry import get_driver
 from backends.models import Backend
 from backends.selectors import named
 from backends.services import lock_backend
-from projects import leases
-from projects.background import enqueue_on_commit
-from projects.errors import Conflict, InvalidInput
+from core import leases
+from core.errors import Conflict, InvalidInput
+from core.events import record_event
+from core.kicks import kick
+from core.specs import ApplyResult, spec_changes
+from core.transitions import compare_and_swap
 from projects.models import Project
-from projects.services import ApplyResult, compare_and_swap, record_event, spec_changes
 from volumes.models import (
     ATTACHMENT_LIVE_STATES,
     AttachmentStatus,
@@ -83,9 +85,7 @@ def apply_volume(*, project: Project, spec: dict, actor: str = "", dry_run: bool
 
 
 def _kick() -> None:
-    from volumes.tasks import process_volumes
-
-    enqueue_on_commit(process_volumes)
+    kick("volumes.process_volumes")
 
 
 @transaction.atomic

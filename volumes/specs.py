@@ -1,6 +1,6 @@
 """The dstack-compatible network volume configuration (``type: volume``): parsing and validation."""
 
-from projects.specs import (
+from core.specs import (
     SpecError,
     check_keys,
     check_type,

@@ -19,7 +19,7 @@ import dataclasses
 import enum
 from typing import TYPE_CHECKING, ClassVar
 
-from projects.errors import InvalidInput
+from core.errors import InvalidInput
 
 if TYPE_CHECKING:
     from backends.models import Backend

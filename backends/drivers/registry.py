@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from backends.drivers.base import Driver
 from backends.drivers.sim import SimDriver
-from projects.errors import InvalidInput
+from core.errors import InvalidInput
 
 if TYPE_CHECKING:
     from backends.models import Backend

@@ -7,7 +7,7 @@ placement by price behaves as it would against a real cloud.
 import copy
 import math
 
-from projects.errors import InvalidInput
+from core.errors import InvalidInput
 
 DEFAULT_REGIONS = ["eu-west-1", "us-east-1"]
 ZONE_SUFFIXES = ("a", "b")

@@ -5,7 +5,7 @@ Each kind is described in ``sim_catalogue.FAULT_SCHEMAS``; a fault applies from 
 
 from backends.drivers.sim_catalogue import FAULT_SCHEMAS, validate_fault
 from backends.sim_models import SimFault
-from projects.errors import InvalidInput
+from core.errors import InvalidInput
 
 __all__ = ["add_fault", "clear_faults", "list_faults", "validate_fault"]
 

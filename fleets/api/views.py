@@ -5,12 +5,12 @@ from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from core.specs import typed_document
 from fleets import services
 from fleets.api.serializers import FleetSerializer, InstanceSerializer
 from fleets.models import Fleet, Instance, InstanceStatus
 from fleets.specs import parse_fleet_spec
 from projects.api.base import ProjectScopedViewSet
-from projects.apply import typed_document
 
 
 class FleetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):

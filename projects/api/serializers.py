@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
-from projects.models import Event, Project
+from core.models import Event
+from projects.models import Project
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -16,13 +17,3 @@ class EventSerializer(serializers.ModelSerializer):
         model = Event
         fields = ["resource_type", "resource_name", "kind", "message", "actor", "created_at"]
         read_only_fields = fields
-
-
-class ApplyResultSerializer(serializers.Serializer):
-    type = serializers.CharField()
-    name = serializers.CharField()
-    action = serializers.ChoiceField(choices=["create", "update", "replace", "unchanged"])
-    dry_run = serializers.BooleanField()
-    changes = serializers.DictField()
-    spec = serializers.DictField()
-    resource = serializers.DictField(allow_null=True)

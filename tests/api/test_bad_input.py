@@ -3,7 +3,7 @@
 import pytest
 from django.core.management import call_command
 
-from projects.models import Event
+from core.models import Event
 from tests import factories
 
 pytestmark = pytest.mark.django_db

@@ -104,7 +104,7 @@ def test_creating_a_project_makes_the_creator_its_admin(api):
 
 
 def _state(project):
-    from projects.models import Event
+    from core.models import Event
 
     return (
         Event.objects.count(),

@@ -3,7 +3,7 @@
 import pytest
 
 from backends.models import Backend
-from projects.models import Event
+from core.models import Event
 from tests import factories
 
 pytestmark = pytest.mark.django_db

@@ -7,9 +7,9 @@ from django.db import connection
 
 from backends.models import Backend
 from backends.services import delete_backend
+from core.errors import Conflict, NotFound
 from fleets.models import Instance
 from fleets.services import create_instance
-from projects.errors import Conflict, NotFound
 from tests import factories
 
 CREATORS = 4

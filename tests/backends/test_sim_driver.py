@@ -19,7 +19,7 @@ from backends.drivers.registry import driver_class, get_driver, supported_types
 from backends.drivers.sim import SimDriver, plan_script
 from backends.drivers.sim_faults import add_fault, clear_faults, list_faults, validate_fault
 from backends.models import Backend
-from projects.errors import InvalidInput
+from core.errors import InvalidInput
 from projects.models import Project
 
 pytestmark = pytest.mark.django_db

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from core.models import Event
 from fleets.blocks import verify_block_counts
 from fleets.models import Instance
-from projects.models import Event
 from runs.jobs import assign_job_to_instance, finish_job
 from runs.models import JOB_ACTIVE_STATES, Job, JobStatus
 from tests import factories

@@ -5,10 +5,11 @@ import threading
 import pytest
 from django.db import connection
 
+from core.errors import Conflict
+from core.models import Event
 from fleets.blocks import verify_block_counts
 from fleets.models import Instance
-from projects.errors import Conflict
-from projects.models import Event, Project
+from projects.models import Project
 from runs.models import Run
 from runs.placement import place_jobs
 from runs.services import stop_run, submit_run

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from core.models import Event
 from fleets.models import Fleet
-from projects.models import Event
 from runs.models import Run
 from volumes.models import Volume
 

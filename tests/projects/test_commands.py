@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 from rest_framework.authtoken.models import Token
 
 from backends.models import Backend
-from projects.bootstrap import bootstrap
+from ops.bootstrap import bootstrap
 from projects.models import Membership, Project
 
 pytestmark = pytest.mark.django_db

@@ -2,7 +2,7 @@
 
 import pytest
 
-from projects.models import Event
+from core.models import Event
 from runs.models import Run
 from tests import factories
 

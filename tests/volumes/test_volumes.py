@@ -3,7 +3,7 @@
 import pytest
 
 from backends.drivers import sim_faults
-from projects.models import Event
+from core.models import Event
 from tests import factories
 from volumes.models import Volume
 from volumes.services import process_volumes

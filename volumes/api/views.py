@@ -4,8 +4,8 @@ from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from core.specs import typed_document
 from projects.api.base import ProjectScopedViewSet
-from projects.apply import typed_document
 from volumes import services
 from volumes.api.serializers import AttachmentSerializer, VolumeSerializer
 from volumes.models import Volume, VolumeAttachment

@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from projects.errors import ServiceError
+from core.errors import ServiceError
 from projects.models import Project, Role
 from projects.services import add_member, create_user
 

@@ -8,8 +8,8 @@ import json
 
 import yaml
 
+from core.specs import SpecError, kind_of, require_mapping
 from fleets.specs import parse_fleet_spec
-from projects.specs import SpecError, kind_of, require_mapping
 from runs.specs import parse_run_spec
 from volumes.specs import parse_volume_spec
 

@@ -5,8 +5,8 @@ from unittest import mock
 import pytest
 from django.db import transaction
 
-from projects.background import _pass_started, enqueue_on_commit
-from projects.models import QueuedKick
+from core.kicks import _pass_started, kick
+from core.models import QueuedKick
 from runs.tasks import place_jobs
 
 
@@ -15,12 +15,12 @@ def test_a_burst_of_commits_enqueues_one_pass_until_it_starts():
     with mock.patch.object(place_jobs, "apply_async") as send:
         for _ in range(5):
             with transaction.atomic():
-                enqueue_on_commit(place_jobs)
+                kick("runs.place_jobs")
         assert send.call_count == 1
         assert QueuedKick.objects.filter(task_name="runs.place_jobs").exists()
         _pass_started(sender=place_jobs)  # the worker starts the pass (task_prerun)
         with transaction.atomic():
-            enqueue_on_commit(place_jobs)
+            kick("runs.place_jobs")
         assert send.call_count == 2
 
 
@@ -28,10 +28,10 @@ def test_a_burst_of_commits_enqueues_one_pass_until_it_starts():
 def test_a_rolled_back_change_kicks_nothing_and_a_broker_failure_never_fails_the_request():
     with mock.patch.object(place_jobs, "apply_async") as send:
         with pytest.raises(RuntimeError), transaction.atomic():
-            enqueue_on_commit(place_jobs)
+            kick("runs.place_jobs")
             raise RuntimeError("the change failed")
         assert send.call_count == 0
     with mock.patch.object(place_jobs, "apply_async", side_effect=ConnectionError("broker down")):
         with transaction.atomic():
-            enqueue_on_commit(place_jobs)
+            kick("runs.place_jobs")
     assert not QueuedKick.objects.exists()  # a failed send does not hold later kicks back

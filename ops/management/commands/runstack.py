@@ -29,7 +29,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from projects.bootstrap import BootstrapError, bootstrap
+from ops.bootstrap import BootstrapError, bootstrap
 
 STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.2

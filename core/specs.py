@@ -416,3 +416,38 @@ def parse_placement(doc: dict) -> dict:
     result["spot_policy"] = "on-demand" if spot is None else parse_choice(spot, "spot_policy", SPOT_POLICIES)
     result["max_price"] = None if doc.get("max_price") is None else parse_price(doc["max_price"], "max_price")
     return result
+
+
+# --- applying ---------------------------------------------------------------------------------
+
+
+class ApplyResult:
+    """What applying one configuration did (or, on a dry run, would do)."""
+
+    def __init__(self, *, type: str, name: str, action: str, spec: dict, changes: dict | None = None, resource=None):
+        self.type = type
+        self.name = name
+        self.action = action  # "create", "update", "replace" or "unchanged"
+        self.spec = spec
+        self.changes = changes or {}
+        self.resource = resource
+
+
+def spec_changes(old: dict, new: dict) -> dict:
+    """Top-level fields whose value differs between two normalized specs: {field: {old, new}}."""
+    keys = sorted(set(old) | set(new))
+    return {k: {"old": old.get(k), "new": new.get(k)} for k in keys if old.get(k) != new.get(k)}
+
+
+def typed_document(data, expected_type: str | None) -> dict:
+    """A JSON body posted to a resource's own endpoint: a mapping whose ``type`` fits that endpoint."""
+    if not isinstance(data, dict) or not data:
+        raise SpecError("", "the body must be a non-empty configuration mapping")
+    doc = dict(data)
+    if expected_type is not None:
+        doc.setdefault("type", expected_type)
+        if doc["type"] != expected_type:
+            raise SpecError("type", f"this endpoint takes '{expected_type}' configurations, not {doc['type']!r}")
+    elif doc.get("type") not in ("task", "service"):
+        raise SpecError("type", "runs are 'task' or 'service' configurations")
+    return doc

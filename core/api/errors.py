@@ -8,8 +8,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from projects.errors import ServiceError
-from projects.specs import SpecError
+from core.errors import ServiceError
+from core.specs import SpecError
 
 logger = logging.getLogger(__name__)
 

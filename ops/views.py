@@ -50,8 +50,8 @@ def _gauge(lines: list[str], name: str, help_text: str, rows, label: str) -> Non
 
 def metrics(request):
     """Resource counts by status, read from the database so every process reports the same figures."""
+    from core.models import Event
     from fleets.models import Instance
-    from projects.models import Event
     from runs.models import Job, Run
     from volumes.models import Volume
 

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ConfigurationsConfig(AppConfig):
+    name = "configurations"
+    default_auto_field = "django.db.models.BigAutoField"
