@@ -9,8 +9,8 @@ from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 
+from backends.dependents import backend_dependencies
 from backends.models import Backend, SimFault, SimInstance, SimJob, SimVolume
-from backends.selectors import backend_dependencies
 from backends.services import create_backend, delete_backend, terminate_backend_instances, update_backend
 from core.admin import ReadOnlyAdmin, ServiceForm, ServiceFormAdmin
 from core.errors import ServiceError

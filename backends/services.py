@@ -2,11 +2,12 @@
 
 from django.db import transaction
 
+from backends.dependents import backend_dependencies, terminate_dependents
 from backends.drivers.registry import driver_class
 from backends.models import Backend
-from backends.selectors import backend_dependencies
 from core.errors import Conflict, InvalidInput, NotFound
 from core.events import record_event
+from core.unique import insert_once
 from projects.models import Project
 from projects.services import valid_name
 
@@ -40,7 +41,8 @@ def create_backend(
         raise Conflict(f"backend '{name}' already exists in project '{project.name}'", code="already_exists")
     backend = Backend(project=project, name=name, type=type, config=config)
     backend.credentials = credentials
-    backend.save()
+    with insert_once(Backend.objects.filter(project=project, name=name), f"backend '{name}'"):
+        backend.save()
     record_event(project=project, resource_type="backend", resource_name=name, kind="created", actor=actor)
     return backend
 
@@ -101,11 +103,4 @@ def delete_backend(*, backend: Backend, actor: str = "") -> None:
 
 def terminate_backend_instances(*, backend: Backend, actor: str = "") -> list[str]:
     """Mark every active instance of the backend for termination; return their names."""
-    from fleets.models import Instance, InstanceStatus
-    from fleets.services import request_instance_termination
-
-    names = []
-    for instance in Instance.objects.filter(backend=backend).exclude(status__in=[InstanceStatus.TERMINATED]):
-        request_instance_termination(instance=instance, reason="terminated_by_operator", actor=actor)
-        names.append(instance.name)
-    return names
+    return terminate_dependents(backend=backend, kind="instances", actor=actor)

@@ -57,6 +57,8 @@ class SimInstance(models.Model):
 
     backend = models.ForeignKey("backends.Backend", on_delete=models.CASCADE, related_name="sim_instances")
     instance_id = models.CharField(max_length=64, unique=True)
+    client_token = models.CharField(max_length=64, blank=True, default="")
+    tags = models.JSONField(default=dict, blank=True)
     name = models.CharField(max_length=200)
     region = models.CharField(max_length=64)
     availability_zone = models.CharField(max_length=64)
@@ -69,6 +71,8 @@ class SimInstance(models.Model):
 
     class Meta:
         ordering = ("id",)
+        constraints = [models.UniqueConstraint(fields=["backend", "client_token"], condition=~models.Q(client_token=""),
+                                               name="sim_instance_unique_client_token")]
 
     def __str__(self) -> str:
         return f"{self.instance_id} ({self.name}, {self.state})"
@@ -83,6 +87,8 @@ class SimVolume(models.Model):
 
     backend = models.ForeignKey("backends.Backend", on_delete=models.CASCADE, related_name="sim_volumes")
     volume_id = models.CharField(max_length=64, unique=True)
+    client_token = models.CharField(max_length=64, blank=True, default="")
+    tags = models.JSONField(default=dict, blank=True)
     name = models.CharField(max_length=200)
     region = models.CharField(max_length=64)
     availability_zone = models.CharField(max_length=64)
@@ -97,6 +103,8 @@ class SimVolume(models.Model):
 
     class Meta:
         ordering = ("id",)
+        constraints = [models.UniqueConstraint(fields=["backend", "client_token"], condition=~models.Q(client_token=""),
+                                               name="sim_volume_unique_client_token")]
 
     def __str__(self) -> str:
         return f"{self.volume_id} ({self.name}, {self.state})"
@@ -112,6 +120,7 @@ class SimJob(models.Model):
 
     backend = models.ForeignKey("backends.Backend", on_delete=models.CASCADE, related_name="sim_jobs")
     workload_id = models.CharField(max_length=64, unique=True)
+    client_token = models.CharField(max_length=64, blank=True, default="", db_index=True)
     job_name = models.CharField(max_length=200)
     instance_id = models.CharField(max_length=64, db_index=True)
     commands = models.JSONField(default=list)

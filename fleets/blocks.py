@@ -6,11 +6,11 @@ unfinished jobs. The database ``CheckConstraint`` makes a violation fail loudly,
 """
 
 from django.db import transaction
-from django.db.models import Case, F, IntegerField, OuterRef, Q, Subquery, Sum, Value, When
-from django.db.models.functions import Coalesce
+from django.db.models import Case, ExpressionWrapper, F, IntegerField, Q, Value, When
 from django.utils import timezone
 
 from core.models import Event
+from fleets.holders import live_blocks_expressions
 from fleets.models import INSTANCE_ASSIGNABLE_STATES, INSTANCE_UP_STATES, Instance, InstanceStatus
 
 _BUSY_OR_IDLE = Case(
@@ -54,16 +54,11 @@ def _refresh_busy_status(instance_id: int) -> None:
 
 
 def _live_blocks_subquery():
-    from runs.models import JOB_ACTIVE_STATES, Job
-
-    held = (
-        Job.objects.filter(instance=OuterRef("pk"), status__in=JOB_ACTIVE_STATES)
-        .order_by()
-        .values("instance")
-        .annotate(total=Sum("blocks"))
-        .values("total")
-    )
-    return Coalesce(Subquery(held, output_field=IntegerField()), Value(0))
+    """The blocks the unfinished jobs of ``OuterRef("pk")`` hold, as the apps holding blocks report them."""
+    total = Value(0)
+    for expression in live_blocks_expressions():
+        total = total + expression
+    return ExpressionWrapper(total, output_field=IntegerField())
 
 
 def verify_block_counts() -> list[dict]:

@@ -3,6 +3,8 @@
 from django.db import models
 from django.db.models import F, Q
 
+from core.leases import Leased
+
 
 class FleetStatus(models.TextChoices):
     SUBMITTED = "submitted"
@@ -15,7 +17,7 @@ class FleetStatus(models.TextChoices):
 FLEET_FINISHED_STATES = (FleetStatus.TERMINATED, FleetStatus.FAILED)
 
 
-class Fleet(models.Model):
+class Fleet(Leased):
     """A set of instances described by a dstack fleet configuration (``spec``, normalized)."""
 
     project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="fleets")
@@ -23,7 +25,6 @@ class Fleet(models.Model):
     spec = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=FleetStatus.choices, default=FleetStatus.SUBMITTED)
     status_message = models.TextField(blank=True, default="")
-    lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -57,7 +58,7 @@ INSTANCE_UP_STATES = (InstanceStatus.IDLE, InstanceStatus.BUSY)
 INSTANCE_ASSIGNABLE_STATES = (InstanceStatus.PENDING, InstanceStatus.PROVISIONING, *INSTANCE_UP_STATES)
 
 
-class Instance(models.Model):
+class Instance(Leased):
     """One cloud machine of a fleet.
 
     Guarantees (database constraints, not clamps): ``0 <= busy_blocks <= total_blocks`` and
@@ -81,11 +82,13 @@ class Instance(models.Model):
     price = models.DecimalField(max_digits=12, decimal_places=4, default=0)
     spot = models.BooleanField(default=False)
     provider_instance_id = models.CharField(max_length=128, blank=True, default="")
+    # Sent with every create call: a retried create (after a crash or a lost reply) finds the VM the
+    # first call made instead of launching a second one.
+    client_token = models.CharField(max_length=64, blank=True, default="", editable=False)
     status = models.CharField(max_length=16, choices=InstanceStatus.choices, default=InstanceStatus.PENDING)
     status_message = models.TextField(blank=True, default="")
     termination_reason = models.CharField(max_length=64, blank=True, default="")
     total_blocks = models.PositiveIntegerField(default=1)
-    lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     idle_since = models.DateTimeField(null=True, blank=True)
     busy_blocks = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -101,7 +104,8 @@ class Instance(models.Model):
             ),
             models.CheckConstraint(condition=Q(total_blocks__gte=1), name="instance_total_blocks_positive"),
         ]
-        indexes = [models.Index(fields=["backend", "status"], name="instance_backend_status_idx")]
+        indexes = [models.Index(fields=["backend", "status"], name="instance_backend_status_idx"),
+                   models.Index(fields=["status", "last_processed_at"], name="instance_due_idx")]
 
     def __str__(self) -> str:
         return self.name

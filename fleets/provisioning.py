@@ -13,15 +13,15 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from backends.drivers.base import DriverError, NoCapacityError, Offer, TransientError
+from backends.drivers.base import DriverError, Offer
 from backends.drivers.registry import get_driver
 from backends.models import Backend
 from backends.selectors import named
-from core import leases
 from core.events import record_event
 from core.kicks import kick
+from core.pipeline import Reconciler, Step
 from core.transitions import compare_and_swap
-from fleets.models import INSTANCE_UP_STATES, Fleet, FleetStatus, Instance, InstanceStatus
+from fleets.models import Fleet, FleetStatus, Instance, InstanceStatus
 from fleets.resources import blocks_needed, mismatch, total_blocks_for
 from fleets.services import TERMINATABLE_STATES, create_instance, request_instance_termination
 
@@ -135,16 +135,25 @@ def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, whole_instance: bo
 # --- fleets -----------------------------------------------------------------------------------
 
 
-def reconcile_fleets(*, limit: int = 50) -> int:
-    """Bring every live fleet to ``nodes.min`` instances and retire the idle ones above it."""
-    changed = 0
-    for pk in leases.claim(Fleet, Q(status__in=(FleetStatus.SUBMITTED, FleetStatus.ACTIVE)), limit=limit,
-                           lease_seconds=30):
-        try:
-            changed += _reconcile_fleet(Fleet.objects.get(pk=pk))
-        finally:
-            leases.release(Fleet, pk)
-    return changed
+class FleetReconciler(Reconciler):
+    """Live fleets are brought to ``nodes.min`` instances, and idle surplus instances are retired."""
+
+    model = Fleet
+    lease_seconds = 30
+
+    def due(self) -> Q:
+        return Q(status__in=(FleetStatus.SUBMITTED, FleetStatus.ACTIVE))
+
+    def call(self, rows):
+        return {}  # offers are read while growing, one fleet at a time (see grow_fleet)
+
+    def record(self, fleet, result) -> Step:
+        return Step(changed=bool(_reconcile_fleet(fleet)))
+
+
+def reconcile_fleets() -> int:
+    """One pass over every live fleet."""
+    return FleetReconciler().run()
 
 
 def _reconcile_fleet(fleet: Fleet) -> int:
@@ -155,9 +164,9 @@ def _reconcile_fleet(fleet: Fleet) -> int:
         if instance is None:
             break
         created += 1
-    if why:
-        Fleet.objects.filter(pk=fleet.pk).update(status_message=f"cannot reach {fleet.spec['nodes']['min']} "
-                                                 f"instance(s): {why}")
+    message = f"cannot reach {fleet.spec['nodes']['min']} instance(s): {why}" if why else ""
+    if message != fleet.status_message:  # always says why the fleet is short, and nothing once it is not
+        Fleet.objects.filter(pk=fleet.pk).update(status_message=message)
     if fleet.status == FleetStatus.SUBMITTED and live + created >= fleet.spec["nodes"]["min"]:
         with transaction.atomic():
             if compare_and_swap(Fleet, pk=fleet.pk, allowed_from=(FleetStatus.SUBMITTED,), to=FleetStatus.ACTIVE,
@@ -176,102 +185,5 @@ def _retire_idle_instances(fleet: Fleet, live: int) -> int:
     idle = fleet.instances.filter(status=InstanceStatus.IDLE, busy_blocks=0, idle_since__lt=cutoff)
     retired = 0
     for instance in idle.order_by("idle_since")[:surplus]:
-        retired += request_instance_termination(instance=instance, reason="idle_timeout")
+        retired += request_instance_termination(instance=instance, reason="idle_timeout", only_if_idle=True)
     return retired
-
-
-# --- instances --------------------------------------------------------------------------------
-
-
-def process_instances(*, limit: int = 50) -> int:
-    """Create pending instances at their provider, and poll the others for readiness or loss."""
-    done = 0
-    for pk in leases.claim(Instance, Q(status=InstanceStatus.PENDING), limit=limit):
-        done += _provision(Instance.objects.select_related("backend").get(pk=pk))
-    for pk in leases.claim(Instance, Q(status=InstanceStatus.PROVISIONING), limit=limit):
-        done += _poll(Instance.objects.select_related("backend").get(pk=pk))
-        leases.release(Instance, pk)
-    # Up instances are polled for interruptions at most every few seconds: the lease is kept.
-    for pk in leases.claim(Instance, Q(status__in=INSTANCE_UP_STATES), limit=limit, lease_seconds=UP_POLL_SECONDS):
-        done += _poll(Instance.objects.select_related("backend").get(pk=pk))
-    return done
-
-
-def _offer_of(instance: Instance) -> Offer:
-    return Offer(instance_type=instance.instance_type, region=instance.region,
-                 availability_zone=instance.availability_zone, resources=instance.resources,
-                 price=float(instance.price), spot=instance.spot)
-
-
-def _backoff(instance: Instance, err: Exception) -> int:
-    Instance.objects.filter(pk=instance.pk).update(
-        status_message=f"provider error, retrying: {err}", lease_until=timezone.now() + timedelta(seconds=5))
-    return 0
-
-
-def _provision(instance: Instance) -> int:
-    try:
-        provider_id = get_driver(instance.backend).create_instance(name=instance.name, offer=_offer_of(instance))
-    except TransientError as err:
-        return _backoff(instance, err)
-    except NoCapacityError as err:
-        return _lose(instance, reason="no_capacity", message=f"no capacity: {err}")
-    except DriverError as err:
-        return _lose(instance, reason="provisioning_failed", message=str(err))
-    with transaction.atomic():
-        moved = compare_and_swap(Instance, pk=instance.pk, allowed_from=(InstanceStatus.PENDING,),
-                                 to=InstanceStatus.PROVISIONING, provider_instance_id=provider_id, lease_until=None,
-                                 status_message="")
-        if moved:
-            _event(instance, "provisioning", f"provider id {provider_id}")
-            kick("fleets.process_instances")
-    return int(moved)
-
-
-def _poll(instance: Instance) -> int:
-    try:
-        state = get_driver(instance.backend).instance_state(instance_id=instance.provider_instance_id)
-    except TransientError as err:
-        return _backoff(instance, err)
-    except DriverError as err:
-        state, instance.status_message = "terminated", str(err)
-    if state in ("interrupted", "terminated"):
-        return _lose(instance, reason="interrupted", message=f"instance {instance.name} was {state} by the provider")
-    if state != "running" or instance.status != InstanceStatus.PROVISIONING:
-        return 0
-    with transaction.atomic():
-        instance = Instance.objects.select_for_update().get(pk=instance.pk)
-        to = InstanceStatus.BUSY if instance.busy_blocks else InstanceStatus.IDLE
-        moved = compare_and_swap(Instance, pk=instance.pk, allowed_from=(InstanceStatus.PROVISIONING,), to=to,
-                                 idle_since=None if instance.busy_blocks else timezone.now(), lease_until=None)
-        if moved:
-            _event(instance, to, "up")
-            kick("runs.process_jobs")
-    return int(moved)
-
-
-def _lose(instance: Instance, *, reason: str, message: str) -> int:
-    """The instance is gone (never created, or interrupted): jobs that had not started go back to the
-    queue, running ones fail with ``interrupted``; their blocks are released with them."""
-    from runs.jobs import finish_job, refresh_run_status, return_job_to_queue
-    from runs.models import JOB_ACTIVE_STATES, JobStatus, JobTerminationReason
-
-    with transaction.atomic():
-        moved = compare_and_swap(Instance, pk=instance.pk, allowed_from=LIVE_STATES + (InstanceStatus.TERMINATING,),
-                                 to=InstanceStatus.TERMINATED, termination_reason=reason, status_message=message,
-                                 lease_until=None)
-        if not moved:
-            return 0
-        _event(instance, "terminated", message)
-    run_ids = set()
-    for job in instance.jobs.filter(status__in=JOB_ACTIVE_STATES):
-        run_ids.add(job.run_id)
-        if job.status == JobStatus.PROVISIONING and reason == "no_capacity":
-            return_job_to_queue(job=job, message=message)
-        else:
-            finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.INTERRUPTED if reason ==
-                       "interrupted" else JobTerminationReason.NO_CAPACITY, message=message)
-    for run_id in run_ids:
-        refresh_run_status(run_id=run_id)
-    kick("runs.place_jobs")
-    return 1

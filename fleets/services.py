@@ -1,19 +1,20 @@
 """Writes for fleets and instances: apply, delete, instance creation and termination."""
 
-from django.db import transaction
-from django.db.models import Max, Q
+import uuid
 
-from backends.drivers.base import DriverError, NotFoundError
-from backends.drivers.registry import get_driver
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
 from backends.models import Backend
 from backends.selectors import named
 from backends.services import lock_backend
-from core import leases
 from core.errors import Conflict, InvalidInput
 from core.events import record_event
 from core.kicks import kick
 from core.specs import ApplyResult, spec_changes
 from core.transitions import compare_and_swap
+from core.unique import insert_once
 from fleets.models import (
     FLEET_FINISHED_STATES,
     INSTANCE_ACTIVE_STATES,
@@ -62,7 +63,8 @@ def apply_fleet(*, project: Project, spec: dict, actor: str = "", dry_run: bool 
             return result
         if existing is not None:
             existing.delete()
-        result.resource = Fleet.objects.create(project=project, name=spec["name"], spec=spec)
+        with insert_once(Fleet.objects.filter(project=project, name=spec["name"]), f"fleet '{spec['name']}'"):
+            result.resource = Fleet.objects.create(project=project, name=spec["name"], spec=spec)
         record_event(project=project, resource_type="fleet", resource_name=spec["name"], kind="submitted", actor=actor)
         _kick_fleets()
         return result
@@ -139,18 +141,28 @@ def create_instance(
     instance = Instance.objects.create(
         project_id=fleet.project_id, fleet=fleet, backend=backend, name=f"{fleet.name}-{num}", instance_num=num,
         region=region, availability_zone=availability_zone, instance_type=instance_type, resources=resources or {},
-        price=price, spot=spot, total_blocks=total_blocks,
+        price=price, spot=spot, total_blocks=total_blocks, client_token=f"stackyard-{uuid.uuid4().hex}",
     )
     record_event(project=fleet.project_id, resource_type="instance", resource_name=instance.name, kind="pending",
                  message=f"{instance_type} in {region} on backend {backend.name}", actor=actor)
     return instance
 
 
-def request_instance_termination(*, instance: Instance, reason: str, actor: str = "") -> bool:
-    """Move an instance to ``terminating``; the termination reconciler finishes the job."""
+def request_instance_termination(*, instance: Instance, reason: str, actor: str = "",
+                                 only_if_idle: bool = False) -> bool:
+    """Move an instance to ``terminating``; the termination loop finishes the job once nothing holds it.
+
+    ``only_if_idle``: only an ``idle`` instance with no busy block moves. The guarded update and
+    block taking (``fleets.blocks.take_blocks``) serialize on the row, so an instance that has just
+    been given a job is never retired as idle.
+    """
     with transaction.atomic():
-        moved = compare_and_swap(Instance, pk=instance.pk, allowed_from=TERMINATABLE_STATES,
-                                 to=InstanceStatus.TERMINATING, termination_reason=reason)
+        if only_if_idle:
+            moved = Instance.objects.filter(pk=instance.pk, status=InstanceStatus.IDLE, busy_blocks=0).update(
+                status=InstanceStatus.TERMINATING, termination_reason=reason, updated_at=timezone.now()) == 1
+        else:
+            moved = compare_and_swap(Instance, pk=instance.pk, allowed_from=TERMINATABLE_STATES,
+                                     to=InstanceStatus.TERMINATING, termination_reason=reason)
         if moved:
             record_event(project=instance.project_id, resource_type="instance", resource_name=instance.name,
                          kind="terminating", message=reason, actor=actor)
@@ -158,47 +170,16 @@ def request_instance_termination(*, instance: Instance, reason: str, actor: str 
     return moved
 
 
-def process_terminating_instances(*, limit: int = 50) -> int:
-    """Terminate, through their drivers, the terminating instances nothing holds any more."""
-    from runs.models import JOB_ACTIVE_STATES
-    from volumes.models import ATTACHMENT_LIVE_STATES
-
-    # Never terminate an instance under a running job or with a volume attached.
-    busy = Q(jobs__status__in=JOB_ACTIVE_STATES) | Q(attachments__status__in=ATTACHMENT_LIVE_STATES)
-    ready = Q(status=InstanceStatus.TERMINATING) & ~Q(pk__in=Instance.objects.filter(busy).values("pk"))
-    done = _stop_jobs_on_terminating_instances()
-    for pk in leases.claim(Instance, ready, limit=limit):
-        done += _terminate_claimed_instance(pk)
-    return done
+def active_instance_names(backend: Backend) -> list[str]:
+    """The instances that keep ``backend`` in use (registered with ``backends.dependents``)."""
+    return list(backend.instances.filter(status__in=INSTANCE_ACTIVE_STATES).order_by("name")
+                .values_list("name", flat=True))
 
 
-def _stop_jobs_on_terminating_instances() -> int:
-    """Jobs still running on an instance being terminated are stopped first (by the server)."""
-    from runs.jobs import request_job_stop
-    from runs.models import Job, JobStatus, JobTerminationReason
-
-    doomed = Job.objects.filter(instance__status=InstanceStatus.TERMINATING,
-                                status__in=(JobStatus.SUBMITTED, JobStatus.PROVISIONING, JobStatus.RUNNING))
-    return sum(request_job_stop(job=job, reason=JobTerminationReason.STOPPED_BY_SERVER)
-               for job in doomed.order_by("pk")[:200])
-
-
-def _terminate_claimed_instance(pk: int) -> int:
-    instance = Instance.objects.select_related("backend").get(pk=pk)
-    try:
-        if instance.backend is not None and instance.provider_instance_id:
-            get_driver(instance.backend).terminate_instance(instance_id=instance.provider_instance_id)
-    except NotFoundError:
-        pass  # already gone at the provider: that is what we wanted
-    except DriverError as err:
-        Instance.objects.filter(pk=pk).update(status_message=f"termination failed, will retry: {err}")
-        leases.release(Instance, pk)
-        return 0
-    with transaction.atomic():
-        moved = compare_and_swap(Instance, pk=pk, allowed_from=(InstanceStatus.TERMINATING,),
-                                 to=InstanceStatus.TERMINATED, lease_until=None, status_message="")
-        if moved:
-            record_event(project=instance.project_id, resource_type="instance", resource_name=instance.name,
-                         kind="terminated", message=instance.termination_reason)
-    finish_fleet_if_empty(fleet_id=instance.fleet_id)
-    return int(moved)
+def terminate_backend_instances(*, backend: Backend, actor: str = "") -> list[str]:
+    """Mark every active instance of ``backend`` for termination; return their names."""
+    names = []
+    for instance in backend.instances.exclude(status=InstanceStatus.TERMINATED).order_by("name"):
+        request_instance_termination(instance=instance, reason="terminated_by_operator", actor=actor)
+        names.append(instance.name)
+    return names

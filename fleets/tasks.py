@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from fleets import blocks, provisioning, services
+from fleets import blocks, instances, provisioning
 
 
 @shared_task(name="fleets.process_fleets", acks_late=True, time_limit=120, soft_time_limit=100)
@@ -12,12 +12,12 @@ def process_fleets() -> int:
 
 @shared_task(name="fleets.process_instances", acks_late=True, time_limit=120, soft_time_limit=100)
 def process_instances() -> int:
-    return provisioning.process_instances()
+    return instances.process_instances()
 
 
 @shared_task(name="fleets.terminate_instances", acks_late=True, time_limit=120, soft_time_limit=100)
 def terminate_instances() -> int:
-    return services.process_terminating_instances()
+    return instances.process_terminating_instances()
 
 
 @shared_task(name="fleets.verify_block_counts", acks_late=True, time_limit=300, soft_time_limit=280)

@@ -4,3 +4,19 @@ from django.apps import AppConfig
 class RunsConfig(AppConfig):
     name = "runs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models import IntegerField, OuterRef, Q, Subquery, Sum, Value
+        from django.db.models.functions import Coalesce
+
+        from fleets.holders import register_block_holder, register_holder
+        from runs.models import JOB_ACTIVE_STATES, Job
+
+        def live_blocks():
+            held = (Job.objects.filter(instance=OuterRef("pk"), status__in=JOB_ACTIVE_STATES).order_by()
+                    .values("instance").annotate(total=Sum("blocks")).values("total"))
+            return Coalesce(Subquery(held, output_field=IntegerField()), Value(0))
+
+        # An instance under an unfinished job is never terminated; its jobs' blocks are its busy blocks.
+        register_holder("runs.jobs", lambda: Q(jobs__status__in=JOB_ACTIVE_STATES))
+        register_block_holder("runs.jobs", live_blocks)

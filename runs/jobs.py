@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.events import record_event
+from core.kicks import kick
 from core.models import Event
 from core.transitions import compare_and_swap
 from fleets.blocks import give_back_blocks, take_blocks
@@ -71,6 +72,7 @@ def return_job_to_queue(*, job: Job, message: str) -> bool:
             return False
         give_back_blocks(instance_id=job.instance_id, blocks=job.blocks)
         _job_event(job, "requeued", message)
+        kick("runs.place_jobs")
     return True
 
 
@@ -84,7 +86,7 @@ def mark_jobs_running(started: list[tuple[Job, str]]) -> set[int]:
         for job, workload_id in started:
             if Job.objects.filter(pk=job.pk, status=JobStatus.PROVISIONING).update(
                     status=JobStatus.RUNNING, workload_id=workload_id, started_at=now, status_message="",
-                    lease_until=None, updated_at=now):
+                    updated_at=now):
                 moved.add(job.pk)
         Event.objects.bulk_create(
             Event(project_id=job.project_id, resource_type="job", resource_name=job.name, kind=JobStatus.RUNNING)
@@ -139,9 +141,10 @@ def request_job_stop(*, job: Job, reason: str, actor: str = "") -> bool:
                 status=final, termination_reason=reason, finished_at=now, lease_until=None, updated_at=now):
             _job_event(job, final, reason, actor)
             return True
-        # The lease is dropped so a poll lease never delays the stop.
+        # The lease is dropped (owner too, so the poll that held it cannot put it back) and the job
+        # goes first in line: a poll lease or a long queue never delays a stop.
         moved = compare_and_swap(Job, pk=job.pk, allowed_from=JOB_ACTIVE_STATES, to=JobStatus.TERMINATING,
-                                 termination_reason=reason, lease_until=None)
+                                 termination_reason=reason, lease_until=None, lease_owner="", last_processed_at=None)
         if moved:
             _job_event(job, "terminating", reason, actor)
     return moved

@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.db import models
 
+from core.leases import Leased
+
 
 class RunType(models.TextChoices):
     TASK = "task"
@@ -100,7 +102,7 @@ class JobTerminationReason(models.TextChoices):
     SERVER_ERROR = "server_error"
 
 
-class Job(models.Model):
+class Job(Leased):
     """One node of one replica of a run. A retry is a new row with the next ``submission_num``.
 
     ``blocks`` is how many blocks of ``instance`` the job holds while it is not finished.
@@ -124,7 +126,6 @@ class Job(models.Model):
     blocks = models.PositiveIntegerField(default=0)
     volumes = models.JSONField(default=list, blank=True)
     workload_id = models.CharField(max_length=128, blank=True, default="")
-    lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     submitted_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -137,7 +138,8 @@ class Job(models.Model):
                 fields=["run", "replica_num", "job_num", "submission_num"], name="job_unique_submission"
             ),
         ]
-        indexes = [models.Index(fields=["instance", "status"], name="job_instance_status_idx")]
+        indexes = [models.Index(fields=["instance", "status"], name="job_instance_status_idx"),
+                   models.Index(fields=["status", "last_processed_at"], name="job_due_idx")]
 
     def __str__(self) -> str:
         return self.name

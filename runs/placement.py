@@ -8,6 +8,7 @@ number of workers may place at once without overbooking an instance.
 """
 
 import json
+import time
 from dataclasses import dataclass, field
 
 from django.db import transaction
@@ -17,6 +18,7 @@ from django.utils import timezone
 from backends.selectors import named
 from core import leases
 from core.kicks import kick
+from core.pipeline import DEFAULT_BUDGET_SECONDS
 from fleets.models import INSTANCE_ASSIGNABLE_STATES, Fleet, FleetStatus, Instance
 from fleets.provisioning import grow_fleet
 from fleets.resources import blocks_needed, mismatch
@@ -74,10 +76,25 @@ ASSIGNMENTS_PER_TRANSACTION = 50
 FILTER_KEYS = ("fleets", "regions", "availability_zones", "instance_types", "backends", "spot_policy", "max_price")
 
 
-def place_jobs(*, limit: int = 200) -> int:
-    """Place up to ``limit`` submitted jobs; returns how many were placed."""
-    condition = Q(status=JobStatus.SUBMITTED, instance__isnull=True, run__status__in=PLACEABLE_RUN_STATES)
-    ids = leases.claim(Job, condition, limit=limit, lease_seconds=60)
+def place_jobs(*, limit: int = 200, budget: float = DEFAULT_BUDGET_SECONDS) -> int:
+    """Place submitted jobs, ``limit`` per batch, until none is waiting or ``budget`` seconds are
+    spent; returns how many were placed. Jobs are claimed fairly (longest waiting first) with a
+    lease of this pass's own, and each is considered at most once per pass."""
+    owner, started = leases.new_owner(), timezone.now()
+    condition = (Q(status=JobStatus.SUBMITTED, instance__isnull=True, run__status__in=PLACEABLE_RUN_STATES)
+                 & (Q(last_processed_at__isnull=True) | Q(last_processed_at__lt=started)))
+    deadline, placed = time.monotonic() + budget, 0
+    while time.monotonic() < deadline:
+        ids = leases.claim(Job, condition, owner=owner, limit=limit, lease_seconds=60)
+        if not ids:
+            break
+        placed += _place_batch(ids, owner)
+    if placed:
+        _kick_followers()
+    return placed
+
+
+def _place_batch(ids: list[int], owner: str) -> int:
     jobs = Job.objects.filter(pk__in=ids).select_related("run").order_by("run_id", "replica_num", "job_num")
     groups: dict[tuple[int, int], list[Job]] = {}
     for job in jobs:
@@ -88,10 +105,8 @@ def place_jobs(*, limit: int = 200) -> int:
             _place_replica(group, current)
         current.flush()
     finally:
-        Job.objects.filter(pk__in=ids).update(lease_until=None)
+        leases.release(Job, ids, owner=owner)
     refresh_run_statuses(current.touched_runs)
-    if current.placed:
-        _kick_followers()
     return current.placed
 
 

@@ -1,13 +1,15 @@
-"""Job workloads through the drivers: start jobs whose instance is up, poll running ones, stop
-terminating ones. Each job is claimed with a lease; no transaction spans a driver call."""
+"""Job workloads through the drivers, on the one reconcile pipeline (``core.pipeline``): start jobs
+whose instance is up, stop terminating ones, poll running ones, and settle the jobs of instances
+that are going or gone. No transaction spans a driver call; starts and polls are batched per backend.
+"""
 
 from django.db.models import Q
 
 from backends.drivers.base import DriverError, JobLaunch, NotFoundError, TransientError
 from backends.drivers.registry import get_driver
-from core import leases
-from fleets.models import INSTANCE_UP_STATES
-from runs.jobs import finish_job, mark_jobs_running, refresh_run_statuses
+from core.pipeline import Drivers, Reconciler, Step, group_by
+from fleets.models import INSTANCE_UP_STATES, InstanceStatus
+from runs.jobs import finish_job, mark_jobs_running, refresh_run_statuses, request_job_stop, return_job_to_queue
 from runs.models import Job, JobStatus, JobTerminationReason
 
 POLL_SECONDS = 5
@@ -16,91 +18,66 @@ FINAL_STATUS_FOR_STOP = {
 }
 
 
-class Pass:
-    """One pass: a driver per backend, and the runs whose status must be re-derived at the end."""
+class _JobLoop(Reconciler):
+    """A loop over jobs: a driver per backend, and the runs whose status is re-derived at the end."""
+
+    model = Job
+    batch_size = 200
+    lease_seconds = 30
 
     def __init__(self):
-        self.drivers: dict[int, object] = {}
+        self.drivers = Drivers(get_driver)
         self.touched_runs: set[int] = set()
 
-    def driver(self, backend):
-        if backend.pk not in self.drivers:
-            self.drivers[backend.pk] = get_driver(backend)
-        return self.drivers[backend.pk]
+    def load(self, pks):
+        return list(Job.objects.filter(pk__in=pks).select_related("run", "instance__backend").order_by("pk"))
+
+    def changed(self, job: Job, moved: bool, **step) -> Step:
+        if moved:
+            self.touched_runs.add(job.run_id)
+        return Step(changed=moved, **step)
+
+    def finish(self) -> None:
+        refresh_run_statuses(self.touched_runs)
 
 
-def process_jobs(*, limit: int = 200) -> int:
-    """One pass over the jobs that need the driver; returns how many changed state."""
-    changed, current = 0, Pass()
-    ready = _claimed(Q(status=JobStatus.PROVISIONING, instance__status__in=INSTANCE_UP_STATES), limit, 30)
-    for job in _start_all(ready, current):
-        changed += 1
-        current.touched_runs.add(job.run_id)
-    for job in _claimed(Q(status=JobStatus.TERMINATING), limit, 30):
-        if _stop(job, current):
-            changed += 1
-            current.touched_runs.add(job.run_id)
-    # Running jobs are polled at most every few seconds (the lease is kept), many per driver call.
-    running = _claimed(Q(status=JobStatus.RUNNING), limit, POLL_SECONDS)
-    for job, state in _poll_states(running, current):
-        if _apply_poll(job, state):
-            changed += 1
-            current.touched_runs.add(job.run_id)
-    refresh_run_statuses(current.touched_runs)
-    return changed
+class Starter(_JobLoop):
+    """Jobs placed on an instance that is up get their workload started."""
 
+    def due(self) -> Q:
+        return Q(status=JobStatus.PROVISIONING, instance__status__in=INSTANCE_UP_STATES)
 
-def _claimed(condition: Q, limit: int, lease_seconds: int) -> list[Job]:
-    ids = leases.claim(Job, condition, limit=limit, lease_seconds=lease_seconds)
-    return list(Job.objects.filter(pk__in=ids).select_related("run", "instance__backend").order_by("pk"))
+    def call(self, rows):
+        results = {}
+        for group in group_by(rows, lambda j: j.instance.backend_id).values():
+            launches = [JobLaunch(job_name=job.name, instance_id=job.instance.provider_instance_id,
+                                  commands=job.run.spec.get("commands", []), env=_env(job),
+                                  client_token=f"stackyard-job-{job.pk}") for job in group]
+            try:
+                started = self.drivers.get(group[0].instance.backend).start_jobs(jobs=launches)
+            except DriverError as err:
+                started = [err] * len(group)
+            results.update({job.pk: result for job, result in zip(group, started, strict=True)})
+        return results
 
-
-def _poll_states(jobs: list[Job], current: Pass):
-    by_backend: dict[int, list[Job]] = {}
-    for job in jobs:
-        by_backend.setdefault(job.instance.backend_id, []).append(job)
-    for group in by_backend.values():
-        try:
-            states = current.driver(group[0].instance.backend).poll_jobs(workload_ids=[j.workload_id for j in group])
-        except TransientError:
-            continue  # the whole call failed; the next pass polls again
-        except DriverError as err:
-            states = {j.workload_id: err for j in group}
-        for job in group:
-            yield job, states.get(job.workload_id)
-
-
-def _start_all(jobs: list[Job], current: Pass) -> list[Job]:
-    """Start the workloads of jobs whose instance is up, many per driver call; the changed jobs."""
-    by_backend: dict[int, list[Job]] = {}
-    for job in jobs:
-        by_backend.setdefault(job.instance.backend_id, []).append(job)
-    changed: list[Job] = []
-    for group in by_backend.values():
-        launches = [JobLaunch(job_name=job.name, instance_id=job.instance.provider_instance_id,
-                              commands=job.run.spec.get("commands", []), env=_env(job)) for job in group]
-        try:
-            results = current.driver(group[0].instance.backend).start_jobs(jobs=launches)
-        except DriverError as err:
-            results = [err] * len(group)
-        started = []
-        for job, result in zip(group, results, strict=True):
-            if isinstance(result, TransientError):
-                Job.objects.filter(pk=job.pk).update(status_message=f"provider error, retrying: {result}",
-                                                     lease_until=None)
-            elif isinstance(result, DriverError):
-                if finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.SERVER_ERROR,
-                              message=f"could not start: {result}"):
-                    changed.append(job)
+    def record_batch(self, rows, results):
+        steps, started = {}, []
+        for job in rows:
+            result = results.get(job.pk)
+            if isinstance(result, TransientError) or result is None:
+                steps[job.pk] = Step(failed=f"provider error, retrying: {result}")
+            elif isinstance(result, Exception):
+                moved = finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.SERVER_ERROR,
+                                   message=f"could not start: {result}")
+                steps[job.pk] = self.changed(job, moved)
             else:
                 started.append((job, result))
-        moved = mark_jobs_running(started)
+        moved = mark_jobs_running(started)  # one transaction for the batch
         for job, workload_id in started:
-            if job.pk in moved:
-                changed.append(job)
-            else:  # stopped while it was starting: record the workload so the stop reaches it
-                Job.objects.filter(pk=job.pk, workload_id="").update(workload_id=workload_id, lease_until=None)
-    return changed
+            if job.pk not in moved:  # stopped while it was starting: record the workload so the stop reaches it
+                Job.objects.filter(pk=job.pk, workload_id="").update(workload_id=workload_id)
+            steps[job.pk] = self.changed(job, job.pk in moved, after=POLL_SECONDS)
+        return steps
 
 
 def _env(job: Job) -> dict:
@@ -109,29 +86,97 @@ def _env(job: Job) -> dict:
             "DSTACK_NODE_RANK": str(job.job_num), "DSTACK_RUN_NAME": job.run.name}
 
 
-def _apply_poll(job: Job, state) -> bool:
-    if state is None or isinstance(state, TransientError):
-        return False
-    if isinstance(state, DriverError):
-        return finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.SERVER_ERROR, message=str(state))
-    if state.status == "running":
-        return False
-    if state.status == "done":
-        return finish_job(job=job, to=JobStatus.DONE, reason=JobTerminationReason.DONE, exit_status=0)
-    interrupted = state.exit_status is None and "interrupt" in (state.message or "")
-    reason = JobTerminationReason.INTERRUPTED if interrupted else JobTerminationReason.EXITED_WITH_ERROR
-    message = state.message or f"exited with status {state.exit_status}"
-    return finish_job(job=job, to=JobStatus.FAILED, reason=reason, exit_status=state.exit_status, message=message)
+class Stopper(_JobLoop):
+    """Terminating jobs have their workload stopped, then finish (and give their blocks back)."""
+
+    def due(self) -> Q:
+        return Q(status=JobStatus.TERMINATING)
+
+    def call(self, rows):
+        results = {}
+        for job in rows:
+            results[job.pk] = None
+            if job.workload_id and job.instance is not None and job.instance.backend is not None:
+                try:
+                    self.drivers.get(job.instance.backend).stop_job(workload_id=job.workload_id)
+                except NotFoundError:
+                    pass  # nothing left to stop
+                except DriverError as err:
+                    results[job.pk] = err
+        return results
+
+    def record(self, job, result) -> Step:
+        if isinstance(result, Exception):
+            return Step(failed=f"stop failed, retrying: {result}")
+        final = FINAL_STATUS_FOR_STOP.get(job.termination_reason, JobStatus.TERMINATED)
+        return self.changed(job, finish_job(job=job, to=final, reason=job.termination_reason))
 
 
-def _stop(job: Job, current: Pass) -> bool:
-    if job.workload_id and job.instance is not None and job.instance.backend is not None:
-        try:
-            current.driver(job.instance.backend).stop_job(workload_id=job.workload_id)
-        except NotFoundError:
-            pass  # nothing left to stop
-        except DriverError as err:
-            Job.objects.filter(pk=job.pk).update(status_message=f"stop failed, retrying: {err}", lease_until=None)
-            return False
-    final = FINAL_STATUS_FOR_STOP.get(job.termination_reason, JobStatus.TERMINATED)
-    return finish_job(job=job, to=final, reason=job.termination_reason)
+class Poller(_JobLoop):
+    """Running jobs are polled, many per driver call, every ``POLL_SECONDS`` at most."""
+
+    def due(self) -> Q:
+        return Q(status=JobStatus.RUNNING) & ~Q(workload_id="")
+
+    def call(self, rows):
+        results = {}
+        for group in group_by(rows, lambda j: j.instance.backend_id).values():
+            try:
+                states = self.drivers.get(group[0].instance.backend).poll_jobs(
+                    workload_ids=[j.workload_id for j in group])
+            except DriverError as err:
+                states = {j.workload_id: err for j in group}
+            results.update({job.pk: states.get(job.workload_id) for job in group})
+        return results
+
+    def record(self, job, state) -> Step:
+        if isinstance(state, Exception) or state is None:
+            # Never read as "the job ended": the job loop asks again, and an instance that is really
+            # gone is settled by the instance loop, which hears it from the provider.
+            return Step(after=POLL_SECONDS, failed=f"could not poll the workload, retrying: {state}")
+        if state.status == "running":
+            if job.status_message:
+                Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(status_message="")
+            return Step(after=POLL_SECONDS)
+        if state.status == "done":
+            return self.changed(job, finish_job(job=job, to=JobStatus.DONE, reason=JobTerminationReason.DONE,
+                                                exit_status=0))
+        interrupted = state.exit_status is None and "interrupt" in (state.message or "")
+        reason = JobTerminationReason.INTERRUPTED if interrupted else JobTerminationReason.EXITED_WITH_ERROR
+        message = state.message or f"exited with status {state.exit_status}"
+        return self.changed(job, finish_job(job=job, to=JobStatus.FAILED, reason=reason,
+                                            exit_status=state.exit_status, message=message))
+
+
+class Evictor(_JobLoop):
+    """Jobs on an instance that is being terminated are stopped; jobs on an instance that is gone
+    finish: back to the queue if it never came up for lack of capacity, else failed."""
+
+    def due(self) -> Q:
+        return Q(status__in=(JobStatus.PROVISIONING, JobStatus.RUNNING),
+                 instance__status__in=(InstanceStatus.TERMINATING, InstanceStatus.TERMINATED))
+
+    def call(self, rows):
+        return {}
+
+    def record(self, job, result) -> Step:
+        instance = job.instance
+        if instance.status == InstanceStatus.TERMINATING:
+            return self.changed(job, request_job_stop(job=job, reason=JobTerminationReason.STOPPED_BY_SERVER))
+        message = instance.status_message or f"instance {instance.name} is gone"
+        if job.status == JobStatus.PROVISIONING and instance.termination_reason == "no_capacity":
+            return self.changed(job, return_job_to_queue(job=job, message=message))
+        reason = (JobTerminationReason.NO_CAPACITY if instance.termination_reason == "no_capacity"
+                  else JobTerminationReason.INTERRUPTED)
+        return self.changed(job, finish_job(job=job, to=JobStatus.FAILED, reason=reason, message=message))
+
+
+def process_jobs(*, limit: int | None = None) -> int:
+    """One pass over the jobs that need the driver (or whose instance went); how many changed.
+    ``limit`` sets the batch size (each loop still runs until nothing is due)."""
+    changed = 0
+    for loop_class in (Evictor, Starter, Stopper, Poller):
+        loop = loop_class()
+        loop.batch_size = limit or loop.batch_size
+        changed += loop.run()
+    return changed

@@ -62,11 +62,11 @@ def sim_backend(project):
 
 def reconcile_pass() -> int:
     """Run every reconciler once, as beat would; returns how many changes they made."""
-    from fleets.provisioning import process_instances, reconcile_fleets
-    from fleets.services import process_terminating_instances
+    from fleets.instances import process_instances, process_terminating_instances
+    from fleets.provisioning import reconcile_fleets
     from runs.placement import place_jobs
     from runs.workloads import process_jobs
-    from volumes.services import process_volumes
+    from volumes.provisioning import process_volumes
 
     return sum(step() for step in (reconcile_fleets, process_instances, place_jobs, process_jobs,
                                    process_terminating_instances, process_volumes))
@@ -80,10 +80,13 @@ def reconcile(db):
     from volumes.models import Volume
 
     def drive(rounds: int = 10) -> None:
+        quiet = 0
         for _ in range(rounds):
             for model in (Fleet, Instance, Job, Volume):
-                model.objects.update(lease_until=None)
-            if not reconcile_pass():
+                model.objects.update(lease_until=None, lease_owner="")
+            # Two quiet rounds: a poll may see no change yet move the provider on (a VM coming up).
+            quiet = 0 if reconcile_pass() else quiet + 1
+            if quiet == 2:
                 return
 
     return drive

@@ -4,3 +4,15 @@ from django.apps import AppConfig
 class VolumesConfig(AppConfig):
     name = "volumes"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models import Q
+
+        from backends.dependents import register_dependents
+        from fleets.holders import register_holder
+        from volumes.models import ATTACHMENT_LIVE_STATES
+        from volumes.services import live_volume_names
+
+        register_dependents("volumes", live_volume_names)
+        # An instance is never terminated while a volume is attached to it.
+        register_holder("volumes.attachments", lambda: Q(attachments__status__in=ATTACHMENT_LIVE_STATES))

@@ -3,6 +3,8 @@
 from django.db import models
 from django.db.models import Q
 
+from core.leases import Leased
+
 
 class VolumeStatus(models.TextChoices):
     SUBMITTED = "submitted"
@@ -22,7 +24,7 @@ VOLUME_LIVE_STATES = (
 )
 
 
-class Volume(models.Model):
+class Volume(Leased):
     """A network volume on one backend, in one region (and optionally one zone).
 
     ``deleted`` is only reached after the provider confirms the deletion.
@@ -37,11 +39,11 @@ class Volume(models.Model):
     availability_zone = models.CharField(max_length=64, blank=True, default="")
     size_gb = models.PositiveIntegerField(null=True, blank=True)
     volume_id = models.CharField(max_length=128, blank=True, default="")
+    client_token = models.CharField(max_length=64, blank=True, default="", editable=False)
     external = models.BooleanField(default=False)
     spec = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=VolumeStatus.choices, default=VolumeStatus.SUBMITTED)
     status_message = models.TextField(blank=True, default="")
-    lease_until = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,20 +1,20 @@
 """Writes for volumes: apply, delete, provisioning and deletion through the drivers, force detach."""
 
+import uuid
+
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from backends.drivers.base import DriverError, NotFoundError, TransientError
 from backends.drivers.registry import get_driver
 from backends.models import Backend
 from backends.selectors import named
 from backends.services import lock_backend
-from core import leases
 from core.errors import Conflict, InvalidInput
 from core.events import record_event
 from core.kicks import kick
 from core.specs import ApplyResult, spec_changes
 from core.transitions import compare_and_swap
+from core.unique import insert_once
 from projects.models import Project
 from volumes.models import (
     ATTACHMENT_LIVE_STATES,
@@ -74,11 +74,14 @@ def apply_volume(*, project: Project, spec: dict, actor: str = "", dry_run: bool
             return result
         if existing is not None:
             existing.delete()
-        result.resource = Volume.objects.create(
-            project=project, name=spec["name"], backend=backend, region=spec["region"],
-            availability_zone=spec.get("availability_zone") or "", size_gb=spec.get("size_gb"),
-            volume_id=spec.get("volume_id") or "", external=bool(spec.get("volume_id")), spec=spec,
-        )
+        # Volumes of one name on two backends take two backend locks: the unique name still decides.
+        with insert_once(Volume.objects.filter(project=project, name=spec["name"]), f"volume '{spec['name']}'"):
+            result.resource = Volume.objects.create(
+                client_token=f"stackyard-{uuid.uuid4().hex}",
+                project=project, name=spec["name"], backend=backend, region=spec["region"],
+                availability_zone=spec.get("availability_zone") or "", size_gb=spec.get("size_gb"),
+                volume_id=spec.get("volume_id") or "", external=bool(spec.get("volume_id")), spec=spec,
+            )
         _event(result.resource, "submitted", actor=actor)
         _kick()
         return result
@@ -102,10 +105,13 @@ def delete_volume(*, volume: Volume, actor: str = "") -> Volume:
                        code="volume_in_use", instance=live.instance.name)
     if volume.status in (VolumeStatus.DELETING, VolumeStatus.DELETED):
         return volume
-    if volume.external or not volume.volume_id:
+    never_created = (not volume.volume_id and volume.status == VolumeStatus.SUBMITTED
+                     and volume.last_processed_at is None)
+    if volume.external or never_created:
         compare_and_swap(Volume, pk=volume.pk, allowed_from=(volume.status,), to=VolumeStatus.DELETED)
         _event(volume, "deleted", "external volume unregistered" if volume.external else "", actor)
     else:
+        # A create may be on its way to the provider: the deletion loop finds it by its client token.
         compare_and_swap(Volume, pk=volume.pk, allowed_from=(volume.status,), to=VolumeStatus.DELETING)
         _event(volume, "deleting", actor=actor)
         _kick()
@@ -129,59 +135,6 @@ def request_force_detach(*, volume: Volume, actor: str = "") -> VolumeAttachment
     return attachment
 
 
-def process_volumes(*, limit: int = 50) -> int:
-    """Provision submitted volumes and delete deleting ones, through their drivers."""
-    done = 0
-    for pk in leases.claim(Volume, Q(status__in=(VolumeStatus.SUBMITTED, VolumeStatus.PROVISIONING)), limit=limit):
-        done += _provision_claimed_volume(pk)
-    for pk in leases.claim(Volume, Q(status=VolumeStatus.DELETING), limit=limit):
-        done += _delete_claimed_volume(pk)
-    return done
-
-
-def _provision_claimed_volume(pk: int) -> int:
-    volume = Volume.objects.select_related("backend").get(pk=pk)
-    compare_and_swap(Volume, pk=pk, allowed_from=(VolumeStatus.SUBMITTED,), to=VolumeStatus.PROVISIONING)
-    try:
-        driver = get_driver(volume.backend)
-        if volume.external:
-            info = driver.register_volume(volume_id=volume.volume_id)
-        else:
-            info = driver.create_volume(name=volume.name, region=volume.region,
-                                        availability_zone=volume.availability_zone or None, size_gb=volume.size_gb)
-    except TransientError as err:
-        Volume.objects.filter(pk=pk).update(status_message=f"provider error, retrying: {err}", lease_until=None)
-        return 0
-    except DriverError as err:
-        with transaction.atomic():
-            if compare_and_swap(Volume, pk=pk, allowed_from=(VolumeStatus.PROVISIONING,), to=VolumeStatus.FAILED,
-                                status_message=str(err), lease_until=None):
-                _event(volume, "failed", str(err))
-        return 0
-    with transaction.atomic():
-        moved = compare_and_swap(
-            Volume, pk=pk, allowed_from=(VolumeStatus.PROVISIONING,), to=VolumeStatus.ACTIVE,
-            volume_id=info.volume_id, availability_zone=info.availability_zone or "", size_gb=info.size_gb,
-            status_message="", lease_until=None,
-        )
-        if moved:
-            _event(volume, "active", f"provider volume {info.volume_id}")
-    return int(moved)
-
-
-def _delete_claimed_volume(pk: int) -> int:
-    volume = Volume.objects.select_related("backend").get(pk=pk)
-    try:
-        if volume.backend is not None:
-            get_driver(volume.backend).delete_volume(volume_id=volume.volume_id)
-    except NotFoundError:
-        pass  # already gone at the provider
-    except DriverError as err:
-        Volume.objects.filter(pk=pk).update(status_message=f"deletion failed, retrying: {err}", lease_until=None)
-        return 0
-    with transaction.atomic():
-        moved = compare_and_swap(Volume, pk=pk, allowed_from=(VolumeStatus.DELETING,), to=VolumeStatus.DELETED,
-                                 status_message="", lease_until=None)
-        if moved:
-            _event(volume, "deleted", "confirmed by the provider")
-    return int(moved)
+def live_volume_names(backend: Backend) -> list[str]:
+    """The volumes that keep ``backend`` in use (registered with ``backends.dependents``)."""
+    return list(backend.volumes.exclude(status=VolumeStatus.DELETED).order_by("name").values_list("name", flat=True))

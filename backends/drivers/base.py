@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import datetime
 import enum
 from typing import TYPE_CHECKING, ClassVar
 
@@ -114,6 +115,9 @@ class JobLaunch:
     instance_id: str
     commands: list[str]
     env: dict
+    # A start retried with the same token (after a crash or a lost reply) answers the workload the
+    # first start made instead of starting a second one.
+    client_token: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +138,10 @@ class TaggedResource:
     kind: str
     provider_id: str
     name: str
+    region: str = ""
+    availability_zone: str = ""
+    created_at: datetime.datetime | None = None
+    tags: dict = dataclasses.field(default_factory=dict)
 
 
 # --- The interface ---------------------------------------------------------------------------------
@@ -170,8 +178,17 @@ class Driver(abc.ABC):
         """Every instance type this account can launch, per zone, on-demand and spot."""
 
     @abc.abstractmethod
-    def create_instance(self, *, name: str, offer: Offer) -> str:
-        """Launch an instance named ``name`` (tagged as ours); return the provider instance id."""
+    def create_instance(self, *, name: str, offer: Offer, tags: dict[str, str] | None = None,
+                        client_token: str = "") -> str:
+        """Launch an instance named ``name``, tagged with ``tags``; return the provider instance id.
+
+        Idempotent on ``client_token``: a second call with a token already used returns the
+        instance the first call made (as EC2's ClientToken does) instead of launching another.
+        """
+
+    @abc.abstractmethod
+    def find_instance(self, *, client_token: str) -> str | None:
+        """The id of the instance a create with ``client_token`` made, if it made one."""
 
     @abc.abstractmethod
     def terminate_instance(self, *, instance_id: str) -> None:
@@ -181,9 +198,30 @@ class Driver(abc.ABC):
     def instance_state(self, *, instance_id: str) -> str:
         """One of ``InstanceState``'s values."""
 
+    def instance_states(self, *, instance_ids: list[str]) -> dict[str, str | DriverError]:
+        """Many instances' states: each id maps to its state or to the error asking raised.
+
+        Drivers whose provider answers many at once override this; the default asks one by one.
+        """
+        results: dict[str, str | DriverError] = {}
+        for instance_id in instance_ids:
+            try:
+                results[instance_id] = self.instance_state(instance_id=instance_id)
+            except DriverError as err:
+                results[instance_id] = err
+        return results
+
     @abc.abstractmethod
-    def create_volume(self, *, name: str, region: str, availability_zone: str | None, size_gb: int) -> VolumeInfo:
-        """Create a volume; with no zone the driver picks one in ``region`` and reports it."""
+    def create_volume(self, *, name: str, region: str, availability_zone: str | None, size_gb: int,
+                      tags: dict[str, str] | None = None, client_token: str = "") -> VolumeInfo:
+        """Create a volume; with no zone the driver picks one in ``region`` and reports it.
+
+        Idempotent on ``client_token``, like ``create_instance``.
+        """
+
+    @abc.abstractmethod
+    def find_volume(self, *, client_token: str) -> VolumeInfo | None:
+        """The volume a create with ``client_token`` made, if it made one."""
 
     @abc.abstractmethod
     def register_volume(self, *, volume_id: str) -> VolumeInfo:

@@ -25,6 +25,7 @@ import re
 import time
 import uuid
 
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from backends.drivers import sim_catalogue
@@ -175,24 +176,34 @@ class SimDriver(Driver):
         return Offer(itype["name"], region, zone, resources, price, spot)
 
     @_sim_call
-    def create_instance(self, *, name: str, offer: Offer) -> str:
+    def create_instance(self, *, name: str, offer: Offer, tags: dict[str, str] | None = None,
+                        client_token: str = "") -> str:
+        if client_token and (existing := self._instance_by_token(client_token)) is not None:
+            return existing
         if offer.instance_type not in {t["name"] for t in self.settings["instance_types"]}:
             raise FatalError(f"instance type {offer.instance_type!r} is not offered by this backend")
         if offer.availability_zone not in self.locations().get(offer.region, []):
             raise FatalError(f"zone {offer.availability_zone!r} is not in this backend's region {offer.region!r}")
         if any(f["region"] == offer.region for f in self._faults(SimFaultKind.NO_CAPACITY)):
             raise NoCapacityError(f"no capacity for {offer.instance_type} in {offer.region} (no_capacity fault)")
-        instance = SimInstance.objects.create(
-            backend_id=self.backend.pk,
-            instance_id=_new_id("i"),
-            name=name,
-            region=offer.region,
-            availability_zone=offer.availability_zone,
-            instance_type=offer.instance_type,
-            spot=offer.spot,
-            price=offer.price,
-        )
+        try:
+            with transaction.atomic():
+                instance = SimInstance.objects.create(
+                    backend_id=self.backend.pk, instance_id=_new_id("i"), client_token=client_token,
+                    tags=dict(tags or {}), name=name, region=offer.region, availability_zone=offer.availability_zone,
+                    instance_type=offer.instance_type, spot=offer.spot, price=offer.price,
+                )
+        except IntegrityError:  # a concurrent create with the same token won: its instance is ours
+            return self._instance_by_token(client_token)
         return instance.instance_id
+
+    def _instance_by_token(self, client_token: str) -> str | None:
+        return (SimInstance.objects.filter(backend_id=self.backend.pk, client_token=client_token)
+                .values_list("instance_id", flat=True).first())
+
+    @_sim_call
+    def find_instance(self, *, client_token: str) -> str | None:
+        return self._instance_by_token(client_token) if client_token else None
 
     @_sim_call
     def terminate_instance(self, *, instance_id: str) -> None:
@@ -207,7 +218,21 @@ class SimDriver(Driver):
 
     @_sim_call
     def instance_state(self, *, instance_id: str) -> str:
-        instance = self._instance(instance_id)
+        return self._state_now(self._instance(instance_id))
+
+    @_sim_call
+    def instance_states(self, *, instance_ids: list[str]) -> dict[str, str | DriverError]:
+        """One simulated API call for many instances (read in one query)."""
+        found = {i.instance_id: i for i in SimInstance.objects.filter(backend_id=self.backend.pk,
+                                                                      instance_id__in=instance_ids)}
+        results: dict[str, str | DriverError] = {}
+        for instance_id in instance_ids:
+            instance = found.get(instance_id)
+            results[instance_id] = (NotFoundError(f"instance {instance_id!r} not found") if instance is None
+                                    else self._state_now(instance))
+        return results
+
+    def _state_now(self, instance: SimInstance) -> str:
         if self._interrupt_if_faulted(instance):
             return InstanceState.INTERRUPTED
         if instance.state == SimInstanceState.PROVISIONING:
@@ -250,7 +275,10 @@ class SimDriver(Driver):
         }
 
     @_sim_call
-    def create_volume(self, *, name: str, region: str, availability_zone: str | None, size_gb: int) -> VolumeInfo:
+    def create_volume(self, *, name: str, region: str, availability_zone: str | None, size_gb: int,
+                      tags: dict[str, str] | None = None, client_token: str = "") -> VolumeInfo:
+        if client_token and (existing := self._volume_by_token(client_token)) is not None:
+            return self._info(existing)
         zones = self.locations()
         if region not in zones:
             raise FatalError(f"region {region!r} is not one of this backend's regions: {', '.join(zones)}")
@@ -259,15 +287,23 @@ class SimDriver(Driver):
             raise FatalError(f"zone {zone!r} is not in region {region!r} (zones: {', '.join(zones[region])})")
         if not isinstance(size_gb, int) or isinstance(size_gb, bool) or size_gb <= 0:
             raise FatalError(f"volume size must be a positive number of GB, not {size_gb!r}")
-        volume = SimVolume.objects.create(
-            backend_id=self.backend.pk,
-            volume_id=_new_id("vol"),
-            name=name,
-            region=region,
-            availability_zone=zone,
-            size_gb=size_gb,
-        )
+        try:
+            with transaction.atomic():
+                volume = SimVolume.objects.create(
+                    backend_id=self.backend.pk, volume_id=_new_id("vol"), client_token=client_token,
+                    tags=dict(tags or {}), name=name, region=region, availability_zone=zone, size_gb=size_gb,
+                )
+        except IntegrityError:  # a concurrent create with the same token won: its volume is ours
+            return self._info(self._volume_by_token(client_token))
         return self._info(volume)
+
+    def _volume_by_token(self, client_token: str) -> SimVolume | None:
+        return SimVolume.objects.filter(backend_id=self.backend.pk, client_token=client_token).first()
+
+    @_sim_call
+    def find_volume(self, *, client_token: str) -> VolumeInfo | None:
+        volume = self._volume_by_token(client_token) if client_token else None
+        return None if volume is None else self._info(volume)
 
     @_sim_call
     def register_volume(self, *, volume_id: str) -> VolumeInfo:
@@ -375,10 +411,16 @@ class SimDriver(Driver):
     def _start_many(self, launches: list[JobLaunch]) -> list[str | DriverError]:
         instances = {i.instance_id: i for i in SimInstance.objects.filter(
             backend_id=self.backend.pk, instance_id__in={launch.instance_id for launch in launches})}
+        # A start retried with its token answers the workload the first one made (after a crash).
+        tokens = {launch.client_token for launch in launches if launch.client_token}
+        started = dict(SimJob.objects.filter(backend_id=self.backend.pk, client_token__in=tokens)
+                       .values_list("client_token", "workload_id")) if tokens else {}
         now, results, rows = timezone.now(), [], []
         for launch in launches:
             instance = instances.get(launch.instance_id)
-            if instance is None:
+            if launch.client_token in started:
+                results.append(started[launch.client_token])
+            elif instance is None:
                 results.append(NotFoundError(f"no instance {launch.instance_id}"))
             elif self._interrupt_if_faulted(instance) or instance.state == SimInstanceState.TERMINATED:
                 results.append(FatalError(f"instance {launch.instance_id} is {instance.state}"))
@@ -387,7 +429,8 @@ class SimDriver(Driver):
             else:
                 duration, exit_status = plan_script(list(launch.commands))
                 rows.append(SimJob(
-                    backend_id=self.backend.pk, workload_id=_new_id("w"), job_name=launch.job_name,
+                    backend_id=self.backend.pk, workload_id=_new_id("w"), client_token=launch.client_token,
+                    job_name=launch.job_name,
                     instance_id=launch.instance_id, commands=list(launch.commands), env=dict(launch.env),
                     started_at=now, exit_status=exit_status,
                     finishes_at=None if duration is None else now + datetime.timedelta(seconds=duration),

@@ -73,7 +73,9 @@ def test_terminate_instances_marks_every_active_instance(project, sim_backend, a
 
 
 def test_terminating_instances_are_terminated_by_the_reconciler(project, sim_backend, api):
-    from fleets.services import create_instance, process_terminating_instances
+    from fleets.instances import process_terminating_instances
+    from fleets.services import create_instance
+    from runs.workloads import Evictor
 
     fleet = factories.FleetFactory(project=project, name="gpu8")
     idle = create_instance(fleet=fleet, backend=sim_backend, region="eu-west-1", total_blocks=8)
@@ -83,5 +85,8 @@ def test_terminating_instances_are_terminated_by_the_reconciler(project, sim_bac
     api.post(BACKENDS + "sim/terminate-instances/")
     process_terminating_instances()
     idle.refresh_from_db(), busy.refresh_from_db(), job.refresh_from_db()
-    # An instance with a running job is never terminated under it: the job is asked to stop first.
-    assert (idle.status, busy.status, job.status) == ("terminated", "terminating", "terminating")
+    # An instance with a running job is never terminated under it: the job loop stops the job first.
+    assert (idle.status, busy.status, job.status) == ("terminated", "terminating", "running")
+    Evictor().run()
+    job.refresh_from_db()
+    assert (job.status, job.termination_reason) == ("terminating", "stopped_by_server")

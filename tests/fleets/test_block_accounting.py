@@ -122,9 +122,11 @@ class BlockMachine(RuleBasedStateMachine):
 
     @rule(which=st.integers(0, 1))
     def interrupt(self, which):
-        from fleets.provisioning import _lose
+        from fleets.instances import lose_instance
+        from runs.workloads import Evictor
 
-        _lose(Instance.objects.get(pk=self.instances[which].pk), reason="interrupted", message="test")
+        lose_instance(Instance.objects.get(pk=self.instances[which].pk), reason="interrupted", message="test")
+        Evictor().run()  # the job loop settles the jobs of the lost instance
 
     @invariant()
     def counts_are_exact(self):

@@ -3,7 +3,8 @@
 import pytest
 
 from fleets.models import Fleet, Instance
-from fleets.services import create_instance, process_terminating_instances
+from fleets.instances import process_terminating_instances
+from fleets.services import create_instance
 from tests import factories
 
 pytestmark = pytest.mark.django_db

@@ -84,7 +84,8 @@ def test_no_capacity_moves_to_another_region(sim_backend, api, apply, reconcile)
 
 
 def test_provider_errors_are_retried_with_backoff_and_visible(sim_backend, api, apply, reconcile):
-    from fleets.provisioning import process_instances, reconcile_fleets
+    from fleets.instances import process_instances
+    from fleets.provisioning import reconcile_fleets
 
     apply("type: fleet\nname: flaky\nnodes: 1\nresources: {gpu: L4:1}\n")
     reconcile_fleets()

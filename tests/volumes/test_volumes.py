@@ -6,7 +6,7 @@ from backends.drivers import sim_faults
 from core.models import Event
 from tests import factories
 from volumes.models import Volume
-from volumes.services import process_volumes
+from volumes.provisioning import process_volumes
 
 pytestmark = pytest.mark.django_db
 
@@ -41,7 +41,9 @@ def test_provider_errors_are_retried_and_visible(project, sim_backend, api):
     assert process_volumes() == 0
     body = api.get(VOLUMES + "data-eu/").json()
     assert body["status"] == "provisioning" and "retrying" in body["status_message"]
+    assert process_volumes() == 0  # backing off: not even asked again yet
     sim_faults.clear_faults(sim_backend)
+    Volume.objects.update(lease_until=None)  # the backoff is over
     assert process_volumes() == 1
     assert api.get(VOLUMES + "data-eu/").json()["status"] == "active"
 
