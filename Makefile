@@ -23,8 +23,10 @@ run: install
 test: install
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
+# ruff, and the import-linter layers contract in pyproject.toml (apps import only downward).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Keeps .venv and the data dir (.stackyard holds your database); see distclean.
 clean:

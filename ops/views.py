@@ -1,12 +1,14 @@
-"""Operational endpoints: ``/healthz`` (database and broker answer) and ``/metrics`` (Prometheus text)."""
+"""Operational endpoints: ``/healthz`` (database and broker answer, workers keep up) and ``/metrics``."""
 
 import os
 
+from celery import current_app as celery_app
 from django.db import connection
 from django.db.models import Count
 from django.http import HttpResponse, JsonResponse
+from django.utils import timezone
 
-from config.celery import app as celery_app
+from ops.health import last_passes, worker_health
 
 
 def _database_ok() -> tuple[bool, str]:
@@ -32,14 +34,24 @@ def _broker_ok() -> tuple[bool, str]:
         return False, str(err)
 
 
+def _workers() -> tuple[bool, str, list[str]]:
+    try:
+        health = worker_health()
+    except Exception as err:  # noqa: BLE001 - the database check reports the cause
+        return False, f"unknown: {err}", []
+    return health.healthy, health.detail, health.stalled
+
+
 def healthz(request):
     database, database_detail = _database_ok()
     broker, broker_detail = _broker_ok()
-    healthy = database and broker
-    return JsonResponse(
-        {"status": "ok" if healthy else "unhealthy", "database": database_detail, "broker": broker_detail},
-        status=200 if healthy else 503,
-    )
+    workers, workers_detail, stalled = _workers() if database else (False, "unknown: no database", [])
+    healthy = database and broker and workers
+    body = {"status": "ok" if healthy else "unhealthy", "database": database_detail, "broker": broker_detail,
+            "workers": workers_detail}
+    if stalled:
+        body["stalled"] = stalled
+    return JsonResponse(body, status=200 if healthy else 503)
 
 
 def _gauge(lines: list[str], name: str, help_text: str, rows, label: str) -> None:
@@ -59,6 +71,10 @@ def metrics(request):
     for model, name in ((Instance, "instances"), (Volume, "volumes"), (Run, "runs"), (Job, "jobs")):
         rows = model.objects.values_list("status").annotate(n=Count("id")).order_by("status")
         _gauge(lines, f"stackyard_{name}", f"{name} by status", rows, "status")
+    now = timezone.now()
+    ages = [(name, f"{(now - finished).total_seconds():.1f}") for name, finished in sorted(last_passes().items())]
+    _gauge(lines, "stackyard_reconciler_last_pass_age_seconds", "seconds since a pass of the task last finished",
+           ages, "task")
     corrections = Event.objects.filter(kind="block_count_corrected").count()
     lines += ["# HELP stackyard_block_count_corrections_total block counts corrected by verification",
               "# TYPE stackyard_block_count_corrections_total counter",

@@ -10,9 +10,9 @@ class VolumesConfig(AppConfig):
 
         from backends.dependents import register_dependents
         from fleets.holders import register_holder
-        from volumes.models import ATTACHMENT_LIVE_STATES
+        from volumes.models import ATTACHMENT_LIVE_STATES, VolumeStatus
         from volumes.services import live_volume_names
 
-        register_dependents("volumes", live_volume_names)
+        register_dependents("volumes", live_volume_names, lambda: ~Q(volumes__status=VolumeStatus.DELETED))
         # An instance is never terminated while a volume is attached to it.
         register_holder("volumes.attachments", lambda: Q(attachments__status__in=ATTACHMENT_LIVE_STATES))
