@@ -145,8 +145,9 @@ class Reconciler(abc.ABC):
             results = self.call(rows)
         except Exception as err:  # noqa: BLE001 - a bug in one batch must not stop the loop
             logger.exception("%s: call failed for %d row(s)", type(self).__name__, len(rows))
-            results = {row.pk: err for row in rows}
-        steps = self.record_batch(rows, results)
+            steps = {row.pk: Step(failed=f"internal error, retrying: {err}") for row in rows}
+        else:
+            steps = self.record_batch(rows, results)
         self._give_back(rows, steps, owner)
         return sum(1 for step in steps.values() if step.changed)
 

@@ -258,11 +258,19 @@ def _move(run: Run, to: str, **changes) -> bool:
     return moved
 
 
+FINAL_MESSAGE_BY_USER = {
+    RunTerminationReason.STOPPED_BY_USER: "stopped by the user",
+    RunTerminationReason.ABORTED_BY_USER: "aborted by the user",
+}
+
+
 def _finish_if_jobs_finished(run: Run) -> str:
     """A terminating run ends once all its jobs are finished: ``terminated`` if a user stopped it."""
     if run.jobs.filter(status__in=JOB_ACTIVE_STATES).exists():
         return run.status
-    by_user = run.termination_reason in (RunTerminationReason.STOPPED_BY_USER, RunTerminationReason.ABORTED_BY_USER)
+    by_user = FINAL_MESSAGE_BY_USER.get(run.termination_reason)
+    # The message says how the run ended ("aborting" or "stopping" would go stale); a failure keeps its cause.
+    changes = {"status_message": by_user} if by_user else {}
     _move(run, RunStatus.TERMINATED if by_user else RunStatus.FAILED, finished_at=timezone.now(),
-          termination_reason=run.termination_reason)
+          termination_reason=run.termination_reason, **changes)
     return Run.objects.get(pk=run.pk).status
