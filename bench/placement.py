@@ -66,7 +66,7 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:
 
 def build_fleet():
     from backends.services import create_backend
-    from fleets.provisioning import process_instances
+    from fleets.instances import process_instances
     from fleets.services import apply_fleet
     from fleets.specs import parse_fleet_spec
     from projects.services import create_project

@@ -4,6 +4,8 @@ Lock order everywhere: instance, then job, then run. A job's blocks are taken an
 the same transaction as its own transition (``fleets.blocks``).
 """
 
+from dataclasses import dataclass
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -95,39 +97,72 @@ def mark_jobs_running(started: list[tuple[Job, str]]) -> set[int]:
     return moved
 
 
+@dataclass(frozen=True)
+class Finish:
+    """How one job ends: its final status, reason, exit status and message."""
+
+    job_id: int
+    to: str
+    reason: str
+    exit_status: int | None = None
+    message: str = ""
+    actor: str = ""
+
+
 def finish_job(*, job: Job, to: str, reason: str, exit_status: int | None = None, message: str = "",
                actor: str = "") -> bool:
-    """Finish an unfinished job and release its blocks in the same transaction.
+    """Finish an unfinished job and release its blocks in the same transaction."""
+    return job.pk in finish_jobs([Finish(job.pk, to, reason, exit_status, message, actor)])
 
-    The job row is re-read under the instance lock: a caller's copy may predate an assignment
-    made by another worker, and releasing from a stale copy would leak the blocks.
+
+def finish_jobs(finishes: list[Finish]) -> set[int]:
+    """Finish many unfinished jobs and release their blocks, in one transaction; the ids finished.
+
+    Jobs are re-read under their instances' locks (taken in ascending order, like every batch): a
+    caller's copy may predate an assignment made by another worker, and releasing from a stale copy
+    would leak blocks. A job that got an instance between the read and the lock is tried again.
     """
+    pending, finished = {f.job_id: f for f in finishes}, set()
     for _ in range(3):
-        finished = _try_finish(job.pk, to=to, reason=reason, exit_status=exit_status, message=message, actor=actor)
-        if finished is not None:
-            return finished
-    return False
+        if not pending:
+            break
+        done = _try_finish(pending)
+        finished |= done
+        pending = {pk: f for pk, f in pending.items()
+                   if pk not in done and Job.objects.filter(pk=pk, status__in=JOB_ACTIVE_STATES).exists()}
+    return finished
 
 
-def _try_finish(pk: int, *, to: str, reason: str, exit_status, message: str, actor: str) -> bool | None:
+def _try_finish(finishes: dict[int, Finish]) -> set[int]:
+    now = timezone.now()
     with transaction.atomic():
-        job = Job.objects.filter(pk=pk, status__in=JOB_ACTIVE_STATES).first()
-        if job is None:
-            return False
-        if job.instance_id is not None:
-            Instance.objects.select_for_update().filter(pk=job.instance_id).first()
-        # Guarded on the instance and blocks we are about to release: if an assignment landed in
-        # between, nothing is written and the caller tries again with the fresh row.
-        finished = Job.objects.filter(pk=pk, status__in=JOB_ACTIVE_STATES, instance_id=job.instance_id,
-                                      blocks=job.blocks).update(
-            status=to, termination_reason=reason, exit_status=exit_status, finished_at=timezone.now(),
-            status_message=message, lease_until=None, updated_at=timezone.now())
-        if not finished:
-            return None
-        if job.instance_id is not None:
-            give_back_blocks(instance_id=job.instance_id, blocks=job.blocks)
-        _job_event(job, to, message or reason, actor)
-    return True
+        instance_ids = sorted({i for i in Job.objects.filter(pk__in=finishes, status__in=JOB_ACTIVE_STATES,
+                                                             instance__isnull=False)
+                               .values_list("instance_id", flat=True)})
+        list(Instance.objects.select_for_update().filter(pk__in=instance_ids).order_by("pk").values_list("pk"))
+        jobs = list(Job.objects.filter(pk__in=finishes, status__in=JOB_ACTIVE_STATES)
+                    .only("pk", "project_id", "name", "instance_id", "blocks"))
+        done, released, events = set(), {}, []
+        for job in jobs:
+            if job.instance_id is not None and job.instance_id not in instance_ids:
+                continue  # assigned after our read: its instance is not locked; next round
+            finish = finishes[job.pk]
+            # Under the instance lock, ``instance`` and ``blocks`` cannot change; a job without an
+            # instance is guarded so that an assignment landing now wins.
+            guard = {"instance_id": job.instance_id} if job.instance_id else {"instance__isnull": True}
+            if not Job.objects.filter(pk=job.pk, status__in=JOB_ACTIVE_STATES, **guard).update(
+                    status=finish.to, termination_reason=finish.reason, exit_status=finish.exit_status,
+                    finished_at=now, status_message=finish.message, lease_until=None, updated_at=now):
+                continue
+            done.add(job.pk)
+            if job.instance_id is not None and job.blocks:
+                released[job.instance_id] = released.get(job.instance_id, 0) + job.blocks
+            events.append(Event(project_id=job.project_id, resource_type="job", resource_name=job.name,
+                                kind=finish.to, message=finish.message or finish.reason, actor=finish.actor))
+        for instance_id, blocks in sorted(released.items()):
+            give_back_blocks(instance_id=instance_id, blocks=blocks)
+        Event.objects.bulk_create(events)
+    return done
 
 
 def request_job_stop(*, job: Job, reason: str, actor: str = "") -> bool:
@@ -185,20 +220,27 @@ def refresh_run_statuses(run_ids) -> None:
     running, done) are applied per group with one guarded update; failures and endings go one by one."""
     runs = {run.pk: run for run in Run.objects.filter(pk__in=set(run_ids)).exclude(status__in=RUN_FINISHED_STATES)}
     jobs_by_run: dict[int, dict[tuple[int, int], Job]] = {pk: {} for pk in runs}
+    busy_runs = set()
     for job in Job.objects.filter(run_id__in=runs).order_by("run_id", "replica_num", "job_num", "submission_num"):
         jobs_by_run[job.run_id][(job.replica_num, job.job_num)] = job
-    moves: dict[tuple[str, str], list[Run]] = {}
+        if job.status in JOB_ACTIVE_STATES:
+            busy_runs.add(job.run_id)
+    moves: dict[tuple, list[Run]] = {}
     for pk, run in runs.items():
         latest = list(jobs_by_run[pk].values())
         target = _target_status(run, latest)
         if target is None:
             continue
         if target in (RunStatus.PROVISIONING, RunStatus.RUNNING):
-            moves.setdefault((run.status, target), []).append(run)
+            moves.setdefault((run.status, target, ()), []).append(run)
+        elif run.status == RunStatus.TERMINATING:
+            if pk not in busy_runs:  # every job finished: the run ends (many at once after a mass stop)
+                to, changes = _ending(run)
+                moves.setdefault((run.status, to, tuple(sorted(changes.items()))), []).append(run)
         else:
             _settle_run(run, latest)
-    for (source, target), group in moves.items():
-        _move_group(group, source, target)
+    for (source, target, changes), group in moves.items():
+        _move_group(group, source, target, **dict(changes))
 
 
 def _target_status(run: Run, latest: list[Job]) -> str | None:
@@ -215,18 +257,22 @@ def _target_status(run: Run, latest: list[Job]) -> str | None:
     return None
 
 
-def _move_group(group: list[Run], source: str, target: str) -> None:
+def _move_group(group: list[Run], source: str, target: str, **changes) -> None:
+    changes.setdefault("status_message", "")
+    if target in RUN_FINISHED_STATES:
+        changes.setdefault("finished_at", timezone.now())
     with transaction.atomic():
         moved = Run.objects.filter(pk__in=[r.pk for r in group], status=source).update(
-            status=target, status_message="", updated_at=timezone.now())
+            status=target, updated_at=timezone.now(), **changes)
         if moved != len(group):
             transaction.set_rollback(True)  # someone else moved some: go one by one instead
         else:
             Event.objects.bulk_create(Event(project_id=r.project_id, resource_type="run", resource_name=r.name,
-                                            kind=target) for r in group)
+                                            kind=target, message=changes.get("termination_reason", ""))
+                                      for r in group)
             return
     for run in group:
-        _move(Run.objects.get(pk=run.pk), target, status_message="")
+        _move(Run.objects.get(pk=run.pk), target, **changes)
 
 
 def _settle_run(run: Run, latest: list[Job]) -> None:
@@ -264,13 +310,20 @@ FINAL_MESSAGE_BY_USER = {
 }
 
 
+def _ending(run: Run) -> tuple[str, dict]:
+    """Where a terminating run ends once its jobs are finished: ``terminated`` if a user stopped it.
+
+    The message says how the run ended ("aborting" would go stale); a failure keeps its cause."""
+    by_user = FINAL_MESSAGE_BY_USER.get(run.termination_reason)
+    changes = {"termination_reason": run.termination_reason,
+               "status_message": by_user if by_user else run.status_message}
+    return (RunStatus.TERMINATED if by_user else RunStatus.FAILED), changes
+
+
 def _finish_if_jobs_finished(run: Run) -> str:
-    """A terminating run ends once all its jobs are finished: ``terminated`` if a user stopped it."""
+    """A terminating run ends once all its jobs are finished."""
     if run.jobs.filter(status__in=JOB_ACTIVE_STATES).exists():
         return run.status
-    by_user = FINAL_MESSAGE_BY_USER.get(run.termination_reason)
-    # The message says how the run ended ("aborting" or "stopping" would go stale); a failure keeps its cause.
-    changes = {"status_message": by_user} if by_user else {}
-    _move(run, RunStatus.TERMINATED if by_user else RunStatus.FAILED, finished_at=timezone.now(),
-          termination_reason=run.termination_reason, **changes)
+    to, changes = _ending(run)
+    _move(run, to, finished_at=timezone.now(), **changes)
     return Run.objects.get(pk=run.pk).status

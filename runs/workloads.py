@@ -9,7 +9,15 @@ from backends.drivers.base import DriverError, JobLaunch, NotFoundError, Transie
 from backends.drivers.registry import get_driver
 from core.pipeline import Drivers, Reconciler, Step, group_by
 from fleets.models import INSTANCE_UP_STATES, InstanceStatus
-from runs.jobs import finish_job, mark_jobs_running, refresh_run_statuses, request_job_stop, return_job_to_queue
+from runs.jobs import (
+    Finish,
+    finish_job,
+    finish_jobs,
+    mark_jobs_running,
+    refresh_run_statuses,
+    request_job_stop,
+    return_job_to_queue,
+)
 from runs.models import Job, JobStatus, JobTerminationReason
 
 POLL_SECONDS = 5
@@ -87,29 +95,40 @@ def _env(job: Job) -> dict:
 
 
 class Stopper(_JobLoop):
-    """Terminating jobs have their workload stopped, then finish (and give their blocks back)."""
+    """Terminating jobs have their workload stopped (many per driver call), then finish and give
+    their blocks back (the batch in one transaction)."""
 
     def due(self) -> Q:
         return Q(status=JobStatus.TERMINATING)
 
     def call(self, rows):
-        results = {}
-        for job in rows:
-            results[job.pk] = None
-            if job.workload_id and job.instance is not None and job.instance.backend is not None:
-                try:
-                    self.drivers.get(job.instance.backend).stop_job(workload_id=job.workload_id)
-                except NotFoundError:
-                    pass  # nothing left to stop
-                except DriverError as err:
-                    results[job.pk] = err
+        results = {job.pk: None for job in rows}
+        started = [job for job in rows if job.workload_id and job.instance is not None
+                   and job.instance.backend is not None]
+        for group in group_by(started, lambda j: j.instance.backend_id).values():
+            try:
+                stopped = self.drivers.get(group[0].instance.backend).stop_jobs(
+                    workload_ids=[j.workload_id for j in group])
+            except DriverError as err:
+                stopped = {j.workload_id: err for j in group}
+            for job in group:
+                outcome = stopped.get(job.workload_id)
+                # Not found: nothing is left to stop.
+                results[job.pk] = None if isinstance(outcome, NotFoundError) else outcome
         return results
 
-    def record(self, job, result) -> Step:
-        if isinstance(result, Exception):
-            return Step(failed=f"stop failed, retrying: {result}")
-        final = FINAL_STATUS_FOR_STOP.get(job.termination_reason, JobStatus.TERMINATED)
-        return self.changed(job, finish_job(job=job, to=final, reason=job.termination_reason))
+    def record_batch(self, rows, results):
+        steps, finishes = {}, []
+        for job in rows:
+            if isinstance(results.get(job.pk), Exception):
+                steps[job.pk] = Step(failed=f"stop failed, retrying: {results[job.pk]}")
+            else:
+                final = FINAL_STATUS_FOR_STOP.get(job.termination_reason, JobStatus.TERMINATED)
+                finishes.append(Finish(job.pk, final, job.termination_reason))
+        finished = finish_jobs(finishes)
+        for job in rows:
+            steps.setdefault(job.pk, self.changed(job, job.pk in finished))
+        return steps
 
 
 class Poller(_JobLoop):

@@ -268,6 +268,19 @@ class Driver(abc.ABC):
     def stop_job(self, *, workload_id: str) -> None:
         """Stop the workload; a no-op if it already finished."""
 
+    def stop_jobs(self, *, workload_ids: list[str]) -> dict[str, None | DriverError]:
+        """Stop many workloads: each id maps to None (stopped, or already finished) or the error.
+
+        Drivers whose provider takes many at once override this; the default stops one by one.
+        """
+        results: dict[str, None | DriverError] = {}
+        for workload_id in workload_ids:
+            try:
+                results[workload_id] = self.stop_job(workload_id=workload_id)
+            except DriverError as err:
+                results[workload_id] = err
+        return results
+
     @abc.abstractmethod
     def poll_job(self, *, workload_id: str) -> JobState:
         """The workload's current ``JobState``."""
