@@ -15,11 +15,13 @@ from django.utils import timezone
 
 from backends.drivers.base import DriverError, Offer
 from backends.drivers.registry import get_driver
-from backends.models import Backend
+from backends.models import Backend, BackendStatus
 from backends.selectors import named
+from core.errors import Conflict
 from core.events import record_event
 from core.kicks import kick
 from core.pipeline import Reconciler, Step
+from core.specs import MAX_NODES
 from core.transitions import compare_and_swap
 from fleets.models import Fleet, FleetStatus, Instance, InstanceStatus
 from fleets.resources import blocks_needed, mismatch, total_blocks_for
@@ -28,8 +30,8 @@ from fleets.services import TERMINATABLE_STATES, create_instance, request_instan
 logger = logging.getLogger(__name__)
 NO_CAPACITY_MEMORY = timedelta(minutes=5)
 NO_CAPACITY_BACKOFF = timedelta(seconds=15)
+GROWTH_PER_PASS = 50
 LIVE_STATES = TERMINATABLE_STATES
-UP_POLL_SECONDS = 5
 
 
 def _event(instance: Instance, kind: str, message: str = "") -> None:
@@ -77,6 +79,9 @@ def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = 
     recent = _recent_no_capacity(project_id, NO_CAPACITY_MEMORY)
     found, reasons = [], []
     for backend in backends.order_by("name"):
+        if backend.status == BackendStatus.DRAINING:
+            reasons.append(f"backend {backend.name} is draining")
+            continue
         try:
             offers = get_driver(backend).offers()
         except DriverError as err:
@@ -121,11 +126,16 @@ def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, whole_instance: bo
     if not offers:
         return None, "; ".join(reasons) or "no offer matches"
     backend, offer, total = offers[0]
-    instance = create_instance(
-        fleet=fleet, backend=backend, region=offer.region, availability_zone=offer.availability_zone,
-        instance_type=offer.instance_type, resources=offer.resources, price=offer.price, spot=offer.spot,
-        total_blocks=total, max_instances=maximum,
-    )
+    try:
+        instance = create_instance(
+            fleet=fleet, backend=backend, region=offer.region, availability_zone=offer.availability_zone,
+            instance_type=offer.instance_type, resources=offer.resources, price=offer.price, spot=offer.spot,
+            total_blocks=total, max_instances=maximum,
+        )
+    except Conflict as err:  # drained since the offers were read: the next pass looks elsewhere
+        if err.code != "backend_draining":
+            raise
+        return None, f"backend {backend.name} is draining"
     if instance is None:
         return None, f"at its maximum of {maximum} instance(s)"
     kick("fleets.process_instances")
@@ -159,7 +169,9 @@ def reconcile_fleets() -> int:
 def _reconcile_fleet(fleet: Fleet) -> int:
     live = fleet.instances.filter(status__in=LIVE_STATES).count()
     created, why = 0, ""
-    for _ in range(max(0, fleet.spec["nodes"]["min"] - live)):
+    # MAX_NODES bounds a spec stored before nodes had a limit: no pass loops on a user's number;
+    # a big fleet grows GROWTH_PER_PASS instances a pass, so one fleet cannot hold a worker long.
+    for _ in range(min(GROWTH_PER_PASS, max(0, min(fleet.spec["nodes"]["min"], MAX_NODES) - live))):
         instance, why = grow_fleet(fleet=fleet)
         if instance is None:
             break
