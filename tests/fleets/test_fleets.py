@@ -2,8 +2,8 @@
 
 import pytest
 
-from fleets.models import Fleet, Instance
 from fleets.instances import process_terminating_instances
+from fleets.models import Fleet, Instance
 from fleets.services import create_instance
 from tests import factories
 
