@@ -201,3 +201,28 @@ def Q_all():  # noqa: N802 - reads like the Q it returns
     from django.db.models import Q
 
     return Q()
+
+
+def test_a_volume_created_while_it_is_deleted_is_recorded_and_deleted(project):
+    """Volume creation has the same shape as instance creation: the id is kept and the volume goes."""
+    from backends.models import SimVolume
+    from volumes.models import Volume
+    from volumes.provisioning import process_volumes
+    from volumes.services import delete_volume
+
+    backend = factories.BackendFactory(project=project, name="slow", config={"latency": 1.0})
+    volume = factories.VolumeFactory(project=project, backend=backend, name="data", volume_id="", status="submitted",
+                                     client_token="stackyard-test-volume")
+    thread, errors = _in_thread(process_volumes)
+    time.sleep(0.5)  # the provisioner is inside the 1 s create call
+    delete_volume(volume=Volume.objects.get(pk=volume.pk))
+    thread.join(30)
+    assert not errors
+    volume.refresh_from_db()
+    assert volume.volume_id  # kept, although the row was being deleted during the call
+    assert volume.status in ("deleting", "deleted")  # the same pass's deleter may have finished it
+    for _ in range(3):
+        Volume.objects.update(lease_until=None)
+        process_volumes()
+    assert Volume.objects.get(pk=volume.pk).status == "deleted"
+    assert list(SimVolume.objects.filter(backend=backend).values_list("state", flat=True)) == ["deleted"]
