@@ -4,18 +4,26 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as confirm_delete_selected
 from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
-from django.urls import reverse
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.views.decorators.http import require_POST
 
-from backends.dependents import backend_dependencies
-from backends.models import Backend, SimFault, SimInstance, SimJob, SimVolume
-from backends.services import create_backend, delete_backend, terminate_backend_instances, update_backend
-from core.admin import ReadOnlyAdmin, ServiceForm, ServiceFormAdmin
+from backends.dependents import backend_dependencies, dependent_counts
+from backends.models import Backend, Orphan, SimFault, SimInstance, SimJob, SimVolume
+from backends.orphans import terminate_orphan
+from backends.services import (
+    create_backend,
+    delete_backend,
+    drain_backend,
+    resume_backend,
+    terminate_backend_instances,
+    update_backend,
+)
+from core.admin import ReadOnlyAdmin, ServiceForm, ServiceFormAdmin, run_for_each
 from core.errors import ServiceError
-from fleets.models import INSTANCE_ACTIVE_STATES
-from volumes.models import VolumeStatus
 
 
 def in_use_text(dependencies: dict) -> str:
@@ -74,14 +82,11 @@ class BackendAdmin(ServiceFormAdmin):
     list_filter = ("status", "type", "project")
     list_select_related = ("project",)
     search_fields = ("name",)
-    actions = ("delete_selected", "terminate_all_instances")
+    actions = ("delete_selected", "drain", "resume", "terminate_all_instances")
     DETAIL_FIELDS = ("status", "status_message", "credentials_set", "dependencies", "created_at", "updated_at")
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(
-            n_instances=Count("instances", filter=Q(instances__status__in=INSTANCE_ACTIVE_STATES), distinct=True),
-            n_volumes=Count("volumes", filter=~Q(volumes__status=VolumeStatus.DELETED), distinct=True),
-        )
+        return super().get_queryset(request).annotate(**dependent_counts())
 
     def get_fields(self, request, obj=None):
         base = ("project", "name", "type", "config", "credentials")
@@ -143,7 +148,37 @@ class BackendAdmin(ServiceFormAdmin):
         else:
             self.message_user(request, f"Deleted {', '.join(map(str, backends))}.", messages.SUCCESS)
 
-    @admin.action(permissions=["change"], description="Terminate all instances of selected backends")
+    @admin.action(permissions=["change"], description="Drain selected backends (nothing new placed on them)")
+    def drain(self, request, queryset):
+        run_for_each(self, request, queryset, lambda b, actor: drain_backend(backend=b, actor=actor).status)
+
+    @admin.action(permissions=["change"], description="Resume selected backends")
+    def resume(self, request, queryset):
+        run_for_each(self, request, queryset, lambda b, actor: resume_backend(backend=b, actor=actor).status)
+
+    def get_urls(self):
+        # The change page's Drain/Resume buttons (change_form.html) post here.
+        return [
+            path("<path:object_id>/drain/", self.admin_site.admin_view(self._status_view(drain_backend)),
+                 name="backends_backend_drain"),
+            path("<path:object_id>/resume/", self.admin_site.admin_view(self._status_view(resume_backend)),
+                 name="backends_backend_resume"),
+            *super().get_urls(),
+        ]
+
+    def _status_view(self, service):
+        @require_POST
+        def view(request, object_id):
+            if not self.has_change_permission(request):
+                raise PermissionDenied
+            backend = get_object_or_404(Backend, pk=unquote(object_id))
+            backend = service(backend=backend, actor=request.user.username)
+            self.message_user(request, f"{backend}: {backend.status}", messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:backends_backend_change", args=[backend.pk]))
+
+        return view
+
+    @admin.action(permissions=["change"], description="Drain and terminate all instances of selected backends")
     def terminate_all_instances(self, request, queryset):
         for backend in queryset:
             names = terminate_backend_instances(backend=backend, actor=request.user.username)
@@ -182,3 +217,25 @@ class SimFaultAdmin(SimStateAdmin):
     list_display = ("kind", "params", "backend", "created_at")
     list_filter = ("kind", "backend")
     search_fields = ("kind",)
+
+
+@admin.register(Orphan)
+class OrphanAdmin(ReadOnlyAdmin):
+    """Provider resources tagged as ours that no row owns, as ``backends.find_orphans`` recorded them.
+
+    Read-only; "terminate now" terminates a found orphan at once, whatever the backend's grace and
+    ``terminate_orphans`` say (refused if a row owns it by now).
+    """
+
+    list_display = ("provider_id", "kind", "name", "backend", "region", "availability_zone", "status",
+                    "first_seen_at", "last_seen_at", "terminated_at", "status_message")
+    list_filter = ("status", "kind", "backend__project", "backend")
+    list_select_related = ("backend",)
+    search_fields = ("provider_id", "name", "backend__name")
+    date_hierarchy = "first_seen_at"
+    actions = ("terminate_now",)
+
+    @admin.action(permissions=["operate"], description="Terminate now (at the provider)")
+    def terminate_now(self, request, queryset):
+        run_for_each(self, request, queryset.select_related("backend"),
+                     lambda orphan, actor: terminate_orphan(orphan=orphan, actor=actor))

@@ -1,12 +1,14 @@
-"""Writes for backends: create, update, delete (refused while in use) and mass termination."""
+"""Writes for backends: create, update, delete (refused while in use), drain/resume and mass termination."""
 
 from django.db import transaction
 
 from backends.dependents import backend_dependencies, terminate_dependents
 from backends.drivers.registry import driver_class
-from backends.models import Backend
+from backends.models import Backend, BackendStatus
 from core.errors import Conflict, InvalidInput, NotFound
 from core.events import record_event
+from core.kicks import kick
+from core.transitions import compare_and_swap
 from core.unique import insert_once
 from projects.models import Project
 from projects.services import valid_name
@@ -82,6 +84,53 @@ def lock_backend(backend_id: int) -> Backend:
     return backend
 
 
+def refuse_if_draining(backend: Backend) -> None:
+    """409 ``backend_draining`` when nothing new may be created on ``backend``. Call it on the row
+    ``lock_backend`` returned, so a drain and a creation cannot cross."""
+    if backend.status == BackendStatus.DRAINING:
+        raise Conflict(f"backend '{backend.name}' is draining: nothing new is placed or provisioned on it; "
+                       f"resume it or use another backend", code="backend_draining", backend=backend.name)
+
+
+def lock_backend_for_new(backend_id: int) -> Backend:
+    """``lock_backend`` for the creation of a new instance or volume (409 while it is draining)."""
+    backend = lock_backend(backend_id)
+    refuse_if_draining(backend)
+    return backend
+
+
+DRAINING_MESSAGE = "draining: nothing new is placed or provisioned on it until it is resumed"
+
+
+@transaction.atomic
+def drain_backend(*, backend: Backend, actor: str = "") -> Backend:
+    """Stop placing and provisioning anything new on the backend (idempotent).
+
+    What is already there (instances, their jobs, volumes, instances requested before) stays; fleets
+    replace capacity they lose on their other backends.
+    """
+    if compare_and_swap(Backend, pk=backend.pk, allowed_from=(BackendStatus.ACTIVE, BackendStatus.ERROR),
+                        to=BackendStatus.DRAINING, status_message=DRAINING_MESSAGE):
+        record_event(project=backend.project_id, resource_type="backend", resource_name=backend.name,
+                     kind="draining", actor=actor)
+    backend.refresh_from_db()
+    return backend
+
+
+@transaction.atomic
+def resume_backend(*, backend: Backend, actor: str = "") -> Backend:
+    """A draining backend takes new instances and volumes again (idempotent)."""
+    if compare_and_swap(Backend, pk=backend.pk, allowed_from=(BackendStatus.DRAINING,), to=BackendStatus.ACTIVE,
+                        status_message=""):
+        record_event(project=backend.project_id, resource_type="backend", resource_name=backend.name,
+                     kind="resumed", actor=actor)
+        # Fleets and runs waiting for capacity may use it again: by name, backends sit below them.
+        kick("fleets.process_fleets")
+        kick("runs.place_jobs")
+    backend.refresh_from_db()
+    return backend
+
+
 @transaction.atomic
 def delete_backend(*, backend: Backend, actor: str = "") -> None:
     """Delete a backend unless it has active instances or volumes that are not deleted (409)."""
@@ -102,5 +151,12 @@ def delete_backend(*, backend: Backend, actor: str = "") -> None:
 
 
 def terminate_backend_instances(*, backend: Backend, actor: str = "") -> list[str]:
-    """Mark every active instance of the backend for termination; return their names."""
-    return terminate_dependents(backend=backend, kind="instances", actor=actor)
+    """Drain the backend, then mark every active instance of it for termination; return their names.
+
+    The drain commits first: an instance being created meanwhile holds the backend lock, so it is
+    committed before the drain and is listed here; none can be created after it.
+    """
+    drain_backend(backend=backend, actor=actor)
+    names = terminate_dependents(backend=backend, kind="instances", actor=actor)
+    kick("fleets.process_fleets")  # fleets replace them on their other backends
+    return names

@@ -46,6 +46,7 @@ class SimFaultKind(models.TextChoices):
     CRASH_JOB = "crash_job"
     INTERRUPT_INSTANCE = "interrupt_instance"
     API_ERRORS = "api_errors"
+    ORPHAN_INSTANCE = "orphan_instance"
 
 
 class SimInstance(models.Model):

@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "core",
     "projects",
@@ -63,6 +64,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves STATIC_ROOT (runstack collects into it) from any WSGI server; in DEBUG it also finds
+    # files in the apps and notices new ones, so runserver needs no collectstatic.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -116,9 +120,13 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = DATA_DIR / "static"  # collectstatic fills it; runstack runs collectstatic at every start
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns about a missing one in every process
 
 # --- API ------------------------------------------------------------------------------------
+# A body over this size is answered 413 (code too_large). A configuration file is a few kilobytes; the
+# bound also bounds the time a hostile YAML body can take to parse (about a second).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
@@ -130,7 +138,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.errors.exception_handler",
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "core.api.parsers.BoundedJSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
@@ -141,6 +149,15 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation documents its error responses, in the one error shape (core/api/schema.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "core.api.schema.document_error_responses",
+    ],
+    # The docs pages load Swagger UI and Redoc from our own static files: they work offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Celery ---------------------------------------------------------------------------------
@@ -178,18 +195,21 @@ def _every(seconds: float, task: str) -> dict:
 
 
 VERIFY_BLOCKS_INTERVAL = float(os.environ.get("STACKYARD_VERIFY_BLOCKS_INTERVAL", "60"))
-CELERY_BEAT_SCHEDULE = {
-    name: _every(RECONCILE_INTERVAL, name)
-    for name in (
-        "runs.place_jobs",
-        "runs.process_jobs",
-        "fleets.process_fleets",
-        "fleets.process_instances",
-        "fleets.terminate_instances",
-        "volumes.process_volumes",
-    )
-}
+# The fast reconcilers: on beat every RECONCILE_INTERVAL seconds, and watched by /healthz.
+FAST_RECONCILERS = (
+    "runs.place_jobs",
+    "runs.process_jobs",
+    "fleets.process_fleets",
+    "fleets.process_instances",
+    "fleets.terminate_instances",
+    "volumes.process_volumes",
+)
+CELERY_BEAT_SCHEDULE = {name: _every(RECONCILE_INTERVAL, name) for name in FAST_RECONCILERS}
 CELERY_BEAT_SCHEDULE["fleets.verify_block_counts"] = _every(VERIFY_BLOCKS_INTERVAL, "fleets.verify_block_counts")
+ORPHAN_SCAN_INTERVAL = float(os.environ.get("STACKYARD_ORPHAN_SCAN_INTERVAL", "60"))
+CELERY_BEAT_SCHEDULE["backends.find_orphans"] = _every(ORPHAN_SCAN_INTERVAL, "backends.find_orphans")
+# /healthz answers 503 when a fast reconciler has not finished a pass for this long (ops/health.py).
+STALL_SECONDS = float(os.environ.get("STACKYARD_STALL_SECONDS") or max(60.0, 30 * RECONCILE_INTERVAL))
 
 ADMIN_TOKEN = os.environ.get("STACKYARD_ADMIN_TOKEN") or None
 

@@ -1,7 +1,8 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from core.api.errors import api_not_found
 from ops.views import healthz, metrics
 
 api_v1 = [
@@ -11,6 +12,8 @@ api_v1 = [
     path("", include("volumes.api.urls")),
     path("", include("runs.api.urls")),
     path("", include("configurations.api.urls")),
+    # Last: any other path ending in / (Django's APPEND_SLASH still redirects the others here).
+    re_path(r"^(?:.*/)?$", api_not_found),
 ]
 
 urlpatterns = [

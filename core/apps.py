@@ -9,4 +9,4 @@ class CoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from core import kicks  # noqa: F401 - connects the task_prerun handler
+        from core import heartbeats, kicks  # noqa: F401 - connect the task_success and task_prerun handlers

@@ -8,6 +8,8 @@ queued and not yet started, further kicks of that task are dropped (``QueuedKick
 """
 
 import logging
+import threading
+import time
 from datetime import timedelta
 
 from celery import current_app
@@ -19,6 +21,11 @@ from core.models import QueuedKick
 
 logger = logging.getLogger(__name__)
 KICK_STALE_SECONDS = 10
+# After a failed send, kicks are skipped for this long: beat redoes the work once the broker is back,
+# and a request must not wait on a broker connection timeout again and again.
+BROKER_DOWN_SECONDS = 10
+_broker_down_until = 0.0
+_discovery_lock = threading.Lock()
 
 
 def kick(task_name: str) -> None:
@@ -28,6 +35,9 @@ def kick(task_name: str) -> None:
 
 
 def _send(task_name: str) -> None:
+    global _broker_down_until
+    if time.monotonic() < _broker_down_until:
+        return
     now = timezone.now()
     try:
         fresh = now - timedelta(seconds=KICK_STALE_SECONDS)
@@ -36,10 +46,21 @@ def _send(task_name: str) -> None:
         # One statement (INSERT ... ON CONFLICT DO UPDATE) on PostgreSQL and SQLite alike.
         QueuedKick.objects.bulk_create([QueuedKick(task_name=task_name, queued_at=now)], update_conflicts=True,
                                        unique_fields=["task_name"], update_fields=["queued_at"])
-        current_app.tasks[task_name].apply_async(retry=False)
+        _registered_task(task_name).apply_async(retry=False)
     except Exception:  # noqa: BLE001 - any broker failure is recovered by the next beat tick
         logger.warning("could not enqueue %s; the next reconcile pass will pick it up", task_name)
+        _broker_down_until = time.monotonic() + BROKER_DOWN_SECONDS
         _forget_kick(task_name)
+
+
+def _registered_task(task_name: str):
+    # A web process never imports the apps' tasks modules (a kick names its task), and Celery's
+    # autodiscovery is lazy: it runs in workers only, unless asked for. One thread discovers; the
+    # others wait for it rather than look into a half-filled registry.
+    if task_name not in current_app.tasks:
+        with _discovery_lock:
+            current_app.loader.import_default_modules()
+    return current_app.tasks[task_name]
 
 
 def _forget_kick(task_name: str) -> None:

@@ -1,4 +1,4 @@
-"""The framework's own tables: the event log every state change writes to, and queued kicks."""
+"""The framework's own tables: the event log every state change writes to, queued kicks, pass heartbeats."""
 
 from django.db import models
 
@@ -39,3 +39,18 @@ class QueuedKick(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name} queued at {self.queued_at:%H:%M:%S}"
+
+
+class PassHeartbeat(models.Model):
+    """When a pass of a background task last finished, and on which worker.
+
+    One row per task name, replaced (one upsert) each time a pass of that task succeeds, so
+    ``/healthz`` can tell a worker that stopped making progress from one that is merely idle.
+    """
+
+    task_name = models.CharField(max_length=100, primary_key=True)
+    finished_at = models.DateTimeField()
+    worker = models.CharField(max_length=255, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.task_name} finished at {self.finished_at:%H:%M:%S} on {self.worker or '?'}"

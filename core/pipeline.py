@@ -139,7 +139,15 @@ class Reconciler(abc.ABC):
             self.finish()
         return changed
 
+    def keep_lease(self) -> None:
+        """Call between slow provider calls in a batch: the lease is extended before it can run out,
+        so no other worker takes the rows over and repeats calls already made."""
+        if time.monotonic() - self._extended_at > self.lease_seconds / 3:
+            leases.extend(self.model, self._batch_pks, owner=self._owner, seconds=self.lease_seconds)
+            self._extended_at = time.monotonic()
+
     def _batch(self, pks: list[int], owner: str) -> int:
+        self._batch_pks, self._owner, self._extended_at = pks, owner, time.monotonic()
         rows = self.load(pks)
         try:
             results = self.call(rows)

@@ -17,6 +17,18 @@ RETRY_DEFAULT_INTERVAL = 15
 GPU_VENDORS = ("nvidia", "amd", "intel", "google", "tenstorrent")
 CPU_ARCHS = ("x86", "arm")
 
+# Limits: every number a configuration holds has a range, and a value outside it is a 400 naming the
+# field (README "Limits"). They also keep background passes and the database clear of absurd values.
+MAX_NODES = 1000  # a fleet's nodes (N, min..max) and a task's nodes
+MAX_CPUS = 1024  # resources.cpu
+MAX_GPUS = 64  # resources.gpu count
+MAX_MEMORY_GB = 65536  # 64 TB: resources.memory, shm_size, GPU memory
+MAX_DISK_GB = 1048576  # 1 PB: resources.disk, and the ceiling of any size
+MAX_DURATION = 365 * 86400  # one year, in seconds: every duration
+MAX_PRICE = 10000.0  # dollars per hour: max_price
+MAX_RETRY_ATTEMPTS = 1000  # retry.max_attempts
+MAX_NESTING = 64  # levels of lists and mappings in a YAML or JSON body
+
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION_RE = re.compile(r"^(?:\d+[smhdw])+$")
 _DURATION_PART_RE = re.compile(r"(\d+)([smhdw])")
@@ -27,6 +39,9 @@ _COUNT_RE = re.compile(r"^\d*(?:\.\.\d*)?$")
 _GPU_MEMORY_RE = re.compile(r"\d\s*[kmgt]i?b", re.IGNORECASE)
 _GPU_NAMES_RE = re.compile(r"^[A-Za-z][\w-]*(?:,[A-Za-z][\w-]*)*$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A JSON string (its closing quote optional, so an unterminated one is still one token) or a bracket.
+# Possessive: each character is looked at once, so hostile text (a megabyte of \") costs linear time.
+_JSON_TOKEN_RE = re.compile(r'"(?:[^"\\]++|\\.)*+"?|[\[\]{}]')
 _KIND_NAMES = {
     bool: "a boolean",
     int: "an integer",
@@ -85,9 +100,46 @@ def require(doc: dict, key: str, field: str | None = None) -> object:
     return doc[key]
 
 
+def check_json_nesting(text: str, maximum: int = MAX_NESTING) -> None:
+    """Refuse JSON text nested deeper than ``maximum`` lists and objects, before it is parsed.
+
+    Python's JSON parser recurses: a thousand levels raise RecursionError (a 500) instead of an answer.
+    """
+    depth = 0
+    for match in _JSON_TOKEN_RE.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            continue
+        depth += 1 if token in "[{" else -1
+        if depth > maximum:
+            raise SpecError("", f"the document is nested deeper than {maximum} levels of lists and mappings")
+
+
 def kind_of(value: object) -> str:
     """A short human name of a YAML/JSON value's type, for error messages."""
     return "null" if value is None else _KIND_NAMES.get(type(value), type(value).__name__)
+
+
+def _fmt(number: float) -> str:
+    """A number for an error message: 65536, 0.5, 1e+23."""
+    return f"{number:.15g}"
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)``, cut so that a hostile megabyte never ends up in an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int_of_digits(text: str, field: str, maximum: int) -> int:
+    """The int a string of decimal digits spells, refused above ``maximum`` before Python converts it.
+
+    Python refuses to convert more than 4300 digits (a ValueError, so a 500); no limit comes near 19.
+    """
+    if len(text.lstrip("0")) > 18:
+        raise SpecError(field, f"{'is too large' if maximum is None else f'must be at most {maximum}'}, "
+                               f"got {short_repr(text)}")
+    return int(text)
 
 
 # --- scalars -----------------------------------------------------------------------------------
@@ -98,9 +150,9 @@ def parse_int(value: object, field: str, minimum: int | None = None, maximum: in
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(field, f"expected an integer, got {kind_of(value)}")
     if minimum is not None and value < minimum:
-        raise SpecError(field, f"must be at least {minimum}, got {value}")
+        raise SpecError(field, f"must be at least {minimum}, got {short_repr(value)}")
     if maximum is not None and value > maximum:
-        raise SpecError(field, f"must be at most {maximum}, got {value}")
+        raise SpecError(field, f"must be at most {maximum}, got {short_repr(value)}")
     return value
 
 
@@ -140,60 +192,76 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def parse_price(value: object, field: str) -> float:
-    """A positive price in dollars per hour."""
+def parse_price(value: object, field: str, maximum: float = MAX_PRICE) -> float:
+    """A positive price in dollars per hour, at most ``maximum``."""
     if not _is_number(value) or value <= 0:
-        raise SpecError(field, f"expected a positive number of dollars per hour, got {value!r}")
+        raise SpecError(field, f"expected a positive number of dollars per hour, got {short_repr(value)}")
+    if value > maximum:
+        raise SpecError(field, f"must be at most {_fmt(maximum)} dollars per hour, got {_fmt(value)}")
     return float(value)
 
 
-def parse_duration(value: object, field: str, allow_off: bool = False) -> int | None:
-    """Seconds from an int or a string like 30s, 5m, 1h, 1d, 1w (or 1h30m); None for 'off' when allowed.
+def parse_duration(value: object, field: str, allow_off: bool = False, maximum: int = MAX_DURATION) -> int | None:
+    """Seconds from an int or a string like 30s, 5m, 1h, 1d, 1w (or 1h30m), at most ``maximum`` (a year);
+    None for 'off' when allowed.
 
     YAML 1.1 reads an unquoted ``off`` as False, so False means 'off' too where 'off' is allowed.
     """
     if allow_off and (value == "off" or value is False or (type(value) is int and value == -1)):
         return None
+    raw = value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.isdecimal():
+            value = _int_of_digits(text, field, maximum)
+        elif _DURATION_RE.match(text):
+            value = sum(_int_of_digits(n, field, maximum) * _DURATION_UNITS[unit]
+                        for n, unit in _DURATION_PART_RE.findall(text))
+        elif text == "off":
+            raise SpecError(field, "'off' is not allowed here: give a duration like 1h")
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise SpecError(field, f"a duration must not be negative, got {value}")
+        if value > maximum:
+            raise SpecError(field, f"must be at most {maximum // 86400}d ({maximum} seconds), got {short_repr(raw)}")
         return value
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text.isdigit():
-            return int(text)
-        if _DURATION_RE.match(text):
-            return sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART_RE.findall(text))
-        if text == "off":
-            raise SpecError(field, "'off' is not allowed here: give a duration like 1h")
     off = ", or off" if allow_off else ""
-    raise SpecError(field, f"invalid duration {value!r}: use seconds or a number with s, m, h, d or w (5m, 1h){off}")
+    raise SpecError(field, f"invalid duration {short_repr(raw)}: use seconds or a number with s, m, h, d or w "
+                           f"(5m, 1h){off}")
 
 
-def parse_size(value: object, field: str) -> float:
-    """A size in GB from '16GB', '16 GB', '512MB', '1TB' or a plain number (GB)."""
+def parse_size(value: object, field: str, maximum: float = MAX_DISK_GB) -> float:
+    """A size in GB from '16GB', '16 GB', '512MB', '1TB' or a plain number (GB), at most ``maximum`` GB."""
     if _is_number(value):
         if value < 0:
             raise SpecError(field, f"a size must not be negative, got {value}")
-        return float(value)
-    match = _SIZE_RE.match(value.strip()) if isinstance(value, str) else None
-    if not match:
-        raise SpecError(field, f"invalid size {value!r}: use a number with MB, GB or TB, like 16GB")
-    unit = match.group(2).lower() if match.group(2) else None
-    return float(match.group(1)) * _SIZE_FACTORS[unit]
+        size = float(value)
+    else:
+        match = _SIZE_RE.match(value.strip()) if isinstance(value, str) else None
+        if not match:
+            raise SpecError(field, f"invalid size {short_repr(value)}: use a number with MB, GB or TB, like 16GB")
+        unit = match.group(2).lower() if match.group(2) else None
+        size = float(match.group(1)) * _SIZE_FACTORS[unit]  # a thousand digits make inf, refused below
+    if not size <= maximum:
+        raise SpecError(field, f"must be at most {_fmt(maximum)}GB, got {short_repr(value)}")
+    return size
 
 
-def parse_count(value: object, field: str) -> int:
+def parse_count(value: object, field: str, maximum: int | None = None) -> int:
     """A non-negative integer, also given as a string of digits (as it appears inside a range)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = _int_of_digits(value.strip(), field, maximum)
     if isinstance(value, str):
-        raise SpecError(field, f"invalid count {value!r}: expected a non-negative integer")
-    return parse_int(value, field, minimum=0)
+        raise SpecError(field, f"invalid count {short_repr(value)}: expected a non-negative integer")
+    return parse_int(value, field, minimum=0, maximum=maximum)
 
 
-def parse_range(value: object, field: str, parse_item: Callable[[object, str], float]) -> dict:
-    """{"min", "max"} from 'a..b', 'a..', '..b', a single value (min == max) or a {min, max} mapping."""
+def parse_range(value: object, field: str, parse_item: Callable[[object, str], float], maximum: float | None = None,
+                unit: str = "") -> dict:
+    """{"min", "max"} from 'a..b', 'a..', '..b', a single value (min == max) or a {min, max} mapping.
+
+    Both ends are at most ``maximum`` (in ``unit``, for the message) when one is given.
+    """
     if isinstance(value, dict):
         check_keys(value, field, ("min", "max"))
         low, high = value.get("min"), value.get("max")
@@ -202,11 +270,14 @@ def parse_range(value: object, field: str, parse_item: Callable[[object, str], f
     else:
         low = high = value
     if low is None and high is None:
-        raise SpecError(field, f"invalid range {value!r}: give a min, a max or both")
+        raise SpecError(field, f"invalid range {short_repr(value)}: give a min, a max or both")
     low = None if low is None else parse_item(low, field)
     high = None if high is None else parse_item(high, field)
+    for end in (low, high):
+        if maximum is not None and end is not None and end > maximum:
+            raise SpecError(field, f"must be at most {_fmt(maximum)}{unit}, got {_fmt(end)}{unit}")
     if low is not None and high is not None and low > high:
-        raise SpecError(field, f"invalid range {value!r}: min is greater than max")
+        raise SpecError(field, f"invalid range {short_repr(value)}: min is greater than max")
     return {"min": low, "max": high}
 
 
@@ -225,11 +296,21 @@ def parse_resources(value: object, field: str = "resources") -> dict:
     memory, disk, shm = spec.get("memory"), spec.get("disk"), spec.get("shm_size")
     return {
         "cpu": _parse_cpu(spec.get("cpu"), subfield(field, "cpu")),
-        "memory": {"min": 8.0, "max": None} if memory is None else parse_range(memory, f"{field}.memory", parse_size),
+        "memory": {"min": 8.0, "max": None} if memory is None else _memory_range(memory, f"{field}.memory"),
         "gpu": default_gpu() if spec.get("gpu") is None else _parse_gpu(spec["gpu"], subfield(field, "gpu")),
         "disk": _parse_disk(disk, subfield(field, "disk")),
-        "shm_size": None if shm is None else parse_size(shm, subfield(field, "shm_size")),
+        "shm_size": None if shm is None else parse_size(shm, subfield(field, "shm_size"), MAX_MEMORY_GB),
     }
+
+
+def _memory_range(value: object, field: str) -> dict:
+    """A memory range in GB (of the machine or of a GPU), at most MAX_MEMORY_GB."""
+    return parse_range(value, field, parse_size, maximum=MAX_MEMORY_GB, unit="GB")
+
+
+def _gpu_count(value: object, field: str) -> dict:
+    """A GPU count range, at most MAX_GPUS."""
+    return parse_range(value, field, parse_count, maximum=MAX_GPUS)
 
 
 def _parse_cpu(value: object, field: str) -> dict:
@@ -244,7 +325,7 @@ def _parse_cpu(value: object, field: str) -> dict:
         arch, _, count = (part.strip() or None for part in value.partition(":"))
     else:
         count = value
-    result = {"min": 2, "max": None} if count is None else parse_range(count, field, parse_count)
+    result = {"min": 2, "max": None} if count is None else parse_range(count, field, parse_count, maximum=MAX_CPUS)
     if arch is not None:
         result["arch"] = parse_choice(str(arch).lower(), subfield(field, "arch"), CPU_ARCHS)
     return result
@@ -273,7 +354,7 @@ def _parse_gpu(value: object, field: str) -> dict:
     if isinstance(value, dict):
         return _parse_gpu_mapping(value, field)
     if isinstance(value, int) and not isinstance(value, bool):
-        return _gpu_spec(count=parse_range(value, field, parse_count))
+        return _gpu_spec(count=_gpu_count(value, field))
     if not isinstance(value, str) or not value.strip():
         raise SpecError(field, f"expected a GPU spec like A100:2 or 24GB.., got {kind_of(value)}")
     parts: dict = {}
@@ -290,9 +371,9 @@ def _parse_gpu_token(token: str, value: str, field: str) -> tuple[str, object]:
     if token.lower() in GPU_VENDORS:
         return "vendor", token.lower()
     if token and token != ".." and _COUNT_RE.match(token):
-        return "count", parse_range(token, field, parse_count)
+        return "count", _gpu_count(token, field)
     if _GPU_MEMORY_RE.search(token):
-        return "memory", parse_range(token, field, parse_size)
+        return "memory", _memory_range(token, field)
     if _GPU_NAMES_RE.match(token):
         return "name", _gpu_names(token.split(","), field)
     raise SpecError(
@@ -320,9 +401,9 @@ def _parse_gpu_mapping(value: dict, field: str) -> dict:
     if value.get("name") is not None:
         parts["name"] = _gpu_names(value["name"], subfield(field, "name"))
     if value.get("count") is not None:
-        parts["count"] = parse_range(value["count"], subfield(field, "count"), parse_count)
+        parts["count"] = _gpu_count(value["count"], subfield(field, "count"))
     if value.get("memory") is not None:
-        parts["memory"] = parse_range(value["memory"], subfield(field, "memory"), parse_size)
+        parts["memory"] = _memory_range(value["memory"], subfield(field, "memory"))
     if value.get("vendor") is not None:
         vendor = value["vendor"].lower() if isinstance(value["vendor"], str) else value["vendor"]
         parts["vendor"] = parse_choice(vendor, subfield(field, "vendor"), GPU_VENDORS)
@@ -364,20 +445,25 @@ def _check_env_key(key: object, field: str) -> None:
 
 
 def parse_retry(value: object, field: str = "retry") -> dict | None:
-    """{"on_events", "duration", "interval"} in seconds, or None when retry is off (false or absent)."""
+    """{"on_events", "duration", "interval"} in seconds and "max_attempts" (None: no limit), or None when
+    retry is off (false or absent)."""
     if value is None or value is False:
         return None
     if value is True:
-        return {"on_events": list(RETRY_EVENTS), "duration": RETRY_DEFAULT_DURATION, "interval": RETRY_DEFAULT_INTERVAL}
+        return {"on_events": list(RETRY_EVENTS), "duration": RETRY_DEFAULT_DURATION, "interval": RETRY_DEFAULT_INTERVAL,
+                "max_attempts": None}
     spec = require_mapping(value, field)
-    check_keys(spec, field, ("on_events", "duration", "max_duration", "interval"))
+    check_keys(spec, field, ("on_events", "duration", "max_duration", "interval", "max_attempts"))
     duration_key = pick_alias(spec, "duration", "max_duration", field)
     duration = spec.get(duration_key)
     interval = spec.get("interval")
+    attempts = spec.get("max_attempts")
     return {
         "on_events": _parse_retry_events(spec.get("on_events"), subfield(field, "on_events")),
         "duration": RETRY_DEFAULT_DURATION if duration is None else parse_duration(duration, f"{field}.{duration_key}"),
         "interval": RETRY_DEFAULT_INTERVAL if interval is None else _positive_duration(interval, f"{field}.interval"),
+        "max_attempts": None if attempts is None else parse_int(attempts, f"{field}.max_attempts", minimum=1,
+                                                                maximum=MAX_RETRY_ATTEMPTS),
     }
 
 

@@ -75,6 +75,7 @@ class Provisioner(_InstanceLoop):
     def call(self, rows):
         results = {}
         for instance in rows:
+            self.keep_lease()
             try:
                 results[instance.pk] = self.drivers.get(instance.backend).create_instance(
                     name=instance.name, offer=offer_of(instance), tags=tags(instance),
@@ -204,6 +205,7 @@ class Terminator(_InstanceLoop):
     def call(self, rows):
         results = {}
         for instance in rows:
+            self.keep_lease()
             try:
                 driver = self.drivers.get(instance.backend) if instance.backend is not None else None
                 provider_id = instance.provider_instance_id

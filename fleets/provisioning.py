@@ -117,9 +117,15 @@ def _fit(backend: Backend, offer: Offer, fleet_spec: dict, run_spec: dict | None
     return backend, offer, total
 
 
-def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, whole_instance: bool = False):
-    """Add one ``pending`` instance to ``fleet`` (sized for ``run_spec`` if given); (instance, why)."""
+def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, whole_instance: bool = False,
+               up_to: int | None = None):
+    """Add one ``pending`` instance to ``fleet`` (sized for ``run_spec`` if given); (instance, why).
+
+    ``up_to``: only while the fleet has fewer live instances than that, counted under the fleet's row
+    lock, so two passes growing one fleet towards ``nodes.min`` stop there together (None, "").
+    """
     maximum = fleet.spec["nodes"].get("max")
+    limit = maximum if up_to is None else min(up_to, maximum if maximum is not None else up_to)
     if maximum is not None and fleet.instances.filter(status__in=LIVE_STATES).count() >= maximum:
         return None, f"at its maximum of {maximum} instance(s)"
     offers, reasons = choose_offers(project_id=fleet.project_id, fleet_spec=fleet.spec, run_spec=run_spec)
@@ -130,14 +136,14 @@ def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, whole_instance: bo
         instance = create_instance(
             fleet=fleet, backend=backend, region=offer.region, availability_zone=offer.availability_zone,
             instance_type=offer.instance_type, resources=offer.resources, price=offer.price, spot=offer.spot,
-            total_blocks=total, max_instances=maximum,
+            total_blocks=total, max_instances=limit,
         )
     except Conflict as err:  # drained since the offers were read: the next pass looks elsewhere
         if err.code != "backend_draining":
             raise
         return None, f"backend {backend.name} is draining"
     if instance is None:
-        return None, f"at its maximum of {maximum} instance(s)"
+        return None, f"at its maximum of {maximum} instance(s)" if limit == maximum else ""
     kick("fleets.process_instances")
     return instance, ""
 
@@ -158,7 +164,7 @@ class FleetReconciler(Reconciler):
         return {}  # offers are read while growing, one fleet at a time (see grow_fleet)
 
     def record(self, fleet, result) -> Step:
-        return Step(changed=bool(_reconcile_fleet(fleet)))
+        return Step(changed=bool(_reconcile_fleet(fleet, keep_lease=self.keep_lease)))
 
 
 def reconcile_fleets() -> int:
@@ -166,13 +172,14 @@ def reconcile_fleets() -> int:
     return FleetReconciler().run()
 
 
-def _reconcile_fleet(fleet: Fleet) -> int:
+def _reconcile_fleet(fleet: Fleet, keep_lease=lambda: None) -> int:
     live = fleet.instances.filter(status__in=LIVE_STATES).count()
     created, why = 0, ""
     # MAX_NODES bounds a spec stored before nodes had a limit: no pass loops on a user's number;
     # a big fleet grows GROWTH_PER_PASS instances a pass, so one fleet cannot hold a worker long.
     for _ in range(min(GROWTH_PER_PASS, max(0, min(fleet.spec["nodes"]["min"], MAX_NODES) - live))):
-        instance, why = grow_fleet(fleet=fleet)
+        keep_lease()  # each growth reads offers from the providers: a long pass keeps its claim
+        instance, why = grow_fleet(fleet=fleet, up_to=fleet.spec["nodes"]["min"])
         if instance is None:
             break
         created += 1

@@ -7,6 +7,9 @@ machine is fine); GPU count and GPU memory are ranges, so ``gpu: 1`` never lands
 """
 
 import math
+from fractions import Fraction
+
+from fleets.specs import MAX_BLOCKS
 
 MIB_PER_GB = 1024
 
@@ -63,36 +66,79 @@ def auto_blocks(resources: dict) -> int:
 
 
 def total_blocks_for(resources: dict, blocks) -> int:
-    """How many blocks an instance is cut into for a fleet's ``blocks`` setting (``N`` or ``auto``)."""
-    return auto_blocks(resources) if blocks == "auto" else int(blocks or 1)
+    """How many blocks an instance is cut into for a fleet's ``blocks`` setting (``N`` or ``auto``).
+
+    Specs stored before ``blocks`` had a limit may hold any number: it is capped at MAX_BLOCKS so that
+    an instance row (a 32-bit column on PostgreSQL) can hold it and no pass raises on it every tick.
+    """
+    if blocks == "auto":
+        return auto_blocks(resources)
+    return max(1, min(int(blocks or 1), MAX_BLOCKS))
 
 
 def blocks_needed(resources: dict, total_blocks: int, requirements: dict) -> tuple[int | None, str]:
     """The smallest number of blocks whose share satisfies ``requirements`` (None and why if none does).
 
-    CPUs, GPUs and memory are split evenly into ``total_blocks``; disk is shared.
+    CPUs, GPUs and memory are split evenly into ``total_blocks``; disk is shared. Computed, not searched:
+    the work does not grow with ``total_blocks``, whatever number an instance holds.
     """
     if reason := gpu_model_mismatch(resources, requirements):
         return None, reason
+    total = max(1, int(total_blocks))
     gpu_count = len(resources.get("gpus") or [])
-    wanted_gpus = (requirements.get("gpu") or {}).get("count")
-    last_reason = "no share fits"
-    for blocks in range(1, total_blocks + 1):
-        share = blocks / total_blocks
-        gpus = gpu_count * share
-        if gpus != int(gpus):
-            continue  # GPUs are not divisible: only whole-GPU shares count
-        if not _in_range(int(gpus), wanted_gpus):
-            last_reason = f"{int(gpus)} GPU(s) per {blocks} block(s), wanted {_describe(wanted_gpus)}"
-            if wanted_gpus and wanted_gpus.get("max") is not None and gpus > wanted_gpus["max"]:
-                break
-            continue
-        reason = _share_mismatch(resources["cpus"] * share, resources["memory_mib"] * share / MIB_PER_GB,
-                                 resources, requirements)
-        if reason is None:
+    wanted = (requirements.get("gpu") or {}).get("count")
+    # Only whole-GPU shares count: `step` blocks hold `per_step` GPUs, and `steps` of them make the machine.
+    steps = math.gcd(gpu_count, total) if gpu_count else total
+    step, per_step = total // steps, gpu_count // steps
+    lowest, highest = _gpu_steps(per_step, steps, wanted)
+    if lowest > highest:
+        # Name the share nearest to what is wanted: the smallest when even it has too many GPUs, else the whole.
+        too_many = per_step and wanted and wanted.get("max") is not None and per_step > wanted["max"]
+        k = 1 if too_many else steps
+        return None, f"{k * per_step} GPU(s) per {k * step} block(s), wanted {_describe(wanted)}"
+    needed = max(_blocks_for(resources["cpus"], total, requirements.get("cpu")),
+                 _blocks_for(resources["memory_mib"] / MIB_PER_GB, total, requirements.get("memory")))
+    k = max(lowest, -(-needed // step))
+    for blocks in (k * step, (k + 1) * step):  # the check below is in floats: one step more absorbs a rounding
+        if blocks <= highest * step and _share_fits(resources, blocks, total, requirements):
             return blocks, ""
-        last_reason = f"{blocks}/{total_blocks} block(s) give {reason}"
-    return None, last_reason
+    blocks = highest * step
+    return None, f"{blocks}/{total} block(s) give {_share_reason(resources, blocks, total, requirements)}"
+
+
+def _gpu_steps(per_step: int, steps: int, wanted: dict | None) -> tuple[int, int]:
+    """The range of step counts (1..steps) whose GPU count is within ``wanted``; empty when low > high."""
+    low, high = 1, steps
+    if wanted and per_step:
+        if wanted.get("min") is not None:
+            low = max(low, -(-int(wanted["min"]) // per_step))
+        if wanted.get("max") is not None:
+            high = min(high, int(wanted["max"]) // per_step)
+    elif not _in_range(0, wanted):
+        high = 0  # no GPU in any share, and some are wanted
+    return low, high
+
+
+def _blocks_for(amount: float, total: int, wanted: dict | None) -> int:
+    """The fewest of ``total`` blocks whose share of ``amount`` is at least ``wanted["min"]`` (may exceed total).
+
+    Exact (fractions), so that no float rounding or overflow creeps in whatever ``total`` an instance holds.
+    """
+    if not wanted or not wanted.get("min"):
+        return 1
+    if wanted["min"] > amount:
+        return total + 1  # not even the whole machine
+    return max(1, math.ceil(Fraction(wanted["min"]) * total / Fraction(amount)))
+
+
+def _share_fits(resources: dict, blocks: int, total: int, requirements: dict) -> bool:
+    return _share_reason(resources, blocks, total, requirements) is None
+
+
+def _share_reason(resources: dict, blocks: int, total: int, requirements: dict) -> str | None:
+    share = blocks / total
+    return _share_mismatch(resources["cpus"] * share, resources["memory_mib"] * share / MIB_PER_GB, resources,
+                           requirements)
 
 
 def _describe(rng: dict | None, unit: str = "") -> str:

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from backends.models import Backend
 from backends.selectors import named
-from backends.services import lock_backend
+from backends.services import lock_backend_for_new
 from core.errors import Conflict, InvalidInput
 from core.events import record_event
 from core.kicks import kick
@@ -128,10 +128,11 @@ def create_instance(
 ) -> Instance | None:
     """Record a new ``pending`` instance of ``fleet`` on ``backend``, named ``{fleet}-{n}``.
 
-    Takes the backend's row lock first, so it cannot race a backend deletion, then the fleet's, so
-    concurrent growth never exceeds ``max_instances`` live instances (None is returned then).
+    Takes the backend's row lock first, so it cannot race a backend deletion or drain (409
+    ``backend_draining``), then the fleet's, so concurrent growth never exceeds ``max_instances``
+    live instances (None is returned then).
     """
-    backend = lock_backend(backend.pk)
+    backend = lock_backend_for_new(backend.pk)
     if backend.project_id != fleet.project_id:
         raise InvalidInput("the backend belongs to another project", field="backend")
     fleet = Fleet.objects.select_for_update().get(pk=fleet.pk)

@@ -1,6 +1,7 @@
 """The dstack-compatible fleet configuration (``type: fleet``): parsing and validation, no database."""
 
 from core.specs import (
+    MAX_NODES,
     SpecError,
     check_keys,
     check_type,
@@ -13,9 +14,11 @@ from core.specs import (
     parse_resources,
     require,
     require_mapping,
+    short_repr,
 )
 
 DEFAULT_IDLE_DURATION = 300
+MAX_BLOCKS = 1024  # blocks per instance (README "Limits"); nodes are at most MAX_NODES
 
 FLEET_FIELDS = (
     "type",
@@ -69,19 +72,21 @@ def parse_fleet_spec(doc: dict) -> dict:
 
 
 def parse_nodes(value: object, field: str = "nodes") -> dict:
-    """{"min": int, "max": int | None} from N, 'min..max', 'min..' or '..max' (a missing min is 0)."""
-    nodes = parse_range(value, field, parse_count)
+    """{"min": int, "max": int | None} from N, 'min..max', 'min..' or '..max' (a missing min is 0), each at
+    most MAX_NODES."""
+    nodes = parse_range(value, field, parse_count, maximum=MAX_NODES)
     if nodes["min"] is None:
         nodes["min"] = 0
     return nodes
 
 
 def parse_blocks(value: object, field: str = "blocks") -> int | str:
-    """The number of blocks each instance is split into: an int >= 1 or 'auto' (default 1)."""
+    """The number of blocks each instance is split into: an int from 1 to MAX_BLOCKS or 'auto' (default 1)."""
     if value is None:
         return 1
     if value == "auto":
         return "auto"
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpecError(field, f"must be 'auto' or an integer of at least 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BLOCKS:
+        raise SpecError(field, f"must be 'auto' or an integer of at least 1 and at most {MAX_BLOCKS}, "
+                               f"got {short_repr(value)}")
     return value

@@ -7,6 +7,7 @@ from rest_framework.authtoken.models import Token
 from core.errors import Conflict, InvalidInput
 from core.events import record_event
 from core.specs import SpecError, parse_name
+from core.unique import insert_once
 from projects.models import Membership, Project, Role
 
 User = get_user_model()
@@ -29,7 +30,8 @@ def create_project(*, name: str, owner=None) -> Project:
     name = valid_name(name)
     if Project.objects.filter(name=name).exists():
         raise Conflict(f"project '{name}' already exists", code="already_exists")
-    project = Project.objects.create(name=name)
+    with insert_once(Project.objects.filter(name=name), f"project '{name}'"):
+        project = Project.objects.create(name=name)
     if owner is not None:
         Membership.objects.create(project=project, user=owner, role=Role.ADMIN)
     record_event(project=project, resource_type="project", resource_name=name, kind="created", actor=actor_name(owner))

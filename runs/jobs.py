@@ -215,7 +215,7 @@ def refresh_run_status(*, run_id: int) -> str:
     return Run.objects.values_list("status", flat=True).get(pk=run_id)
 
 
-def refresh_run_statuses(run_ids) -> None:
+def refresh_run_statuses(run_ids, *, _rounds: int = 3) -> None:
     """``refresh_run_status`` for many runs in a few queries: simple moves (to provisioning,
     running, done) are applied per group with one guarded update; failures and endings go one by one."""
     runs = {run.pk: run for run in Run.objects.filter(pk__in=set(run_ids)).exclude(status__in=RUN_FINISHED_STATES)}
@@ -239,8 +239,11 @@ def refresh_run_statuses(run_ids) -> None:
                 moves.setdefault((run.status, to, tuple(sorted(changes.items()))), []).append(run)
         else:
             _settle_run(run, latest)
+    raced = set()
     for (source, target, changes), group in moves.items():
-        _move_group(group, source, target, **dict(changes))
+        raced |= _move_group(group, source, target, **dict(changes))
+    if raced and _rounds > 1:
+        refresh_run_statuses(raced, _rounds=_rounds - 1)
 
 
 def _target_status(run: Run, latest: list[Job]) -> str | None:
@@ -257,7 +260,9 @@ def _target_status(run: Run, latest: list[Job]) -> str | None:
     return None
 
 
-def _move_group(group: list[Run], source: str, target: str, **changes) -> None:
+def _move_group(group: list[Run], source: str, target: str, **changes) -> set[int]:
+    """Move every run of ``group`` from ``source`` to ``target`` with one guarded update, or each that
+    is still in ``source`` one by one; returns the ids of the runs that had moved on meanwhile."""
     changes.setdefault("status_message", "")
     if target in RUN_FINISHED_STATES:
         changes.setdefault("finished_at", timezone.now())
@@ -270,9 +275,10 @@ def _move_group(group: list[Run], source: str, target: str, **changes) -> None:
             Event.objects.bulk_create(Event(project_id=r.project_id, resource_type="run", resource_name=r.name,
                                             kind=target, message=changes.get("termination_reason", ""))
                                       for r in group)
-            return
-    for run in group:
-        _move(Run.objects.get(pk=run.pk), target, **changes)
+            return set()
+    # Only from the status our target was derived from: a run that moved on was moved by someone who
+    # read its jobs after us or before us. Which one is unknown, so it is derived again from fresh rows.
+    return {run.pk for run in group if not _move(run, target, **changes)}
 
 
 def _settle_run(run: Run, latest: list[Job]) -> None:

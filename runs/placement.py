@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass, field
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
+from backends.models import BackendStatus
 from backends.selectors import named
 from core import leases
 from core.kicks import kick
@@ -148,15 +149,25 @@ def _candidate_instances(run: Run):
         instances = instances.filter(spot=spec["spot_policy"] == "spot")
     if spec.get("max_price") is not None:
         instances = instances.filter(price__lte=spec["max_price"])
-    return instances.only("pk", "project_id", "fleet_id", "name", "resources", "total_blocks", "busy_blocks",
-                          "price", "status")
+    # Instances of a draining backend stay candidates only to say why they were passed over.
+    return instances.annotate(backend_name=F("backend__name"), backend_status=F("backend__status")).only(
+        "pk", "project_id", "fleet_id", "name", "resources", "total_blocks", "busy_blocks", "price", "status")
+
+
+def _draining(instance: Instance) -> str | None:
+    """Why nothing new goes to ``instance`` (its backend is draining), or None."""
+    if instance.backend_status == BackendStatus.DRAINING:
+        return f"backend {instance.backend_name} is draining"
+    return None
 
 
 def _place_on_existing(job: Job, attempt: Attempt, current: Pass) -> bool:
     requirements = job.run.spec["resources"]
     for instance in current.instances_for(job.run):
         blocks, why = blocks_needed(instance.resources, instance.total_blocks, requirements)
-        if blocks is None:
+        if draining := _draining(instance):
+            attempt.add(instance.name, draining)
+        elif blocks is None:
             attempt.add(instance.name, why)
         elif blocks > instance.idle_blocks:
             attempt.add(instance.name, f"needs {blocks} block(s), {instance.idle_blocks}/{instance.total_blocks} idle")
@@ -196,7 +207,7 @@ def _place_whole_instances(run: Run, jobs: list[Job], current: Pass) -> None:
     requirements = run.spec["resources"]
     by_fleet: dict[int, list[Instance]] = {}
     for instance in current.instances_for(run):
-        why = mismatch(instance.resources, requirements)
+        why = _draining(instance) or mismatch(instance.resources, requirements)
         if why is None and instance.busy_blocks:
             why = f"{instance.busy_blocks}/{instance.total_blocks} blocks busy; multi-node jobs need whole instances"
         if why:

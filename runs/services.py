@@ -7,6 +7,7 @@ from django.db import transaction
 from core.errors import Conflict, InvalidInput
 from core.kicks import kick
 from core.specs import ApplyResult
+from core.unique import insert_once
 from fleets.models import Fleet
 from fleets.services import check_backend_references
 from projects.models import Project
@@ -66,8 +67,9 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
             return result
         if existing is not None:
             existing.delete()
-        run = Run.objects.create(project=project, name=spec["name"], type=spec["type"], spec=spec, user=user,
-                                 status_message="waiting for placement")
+        with insert_once(Run.objects.filter(project=project, name=spec["name"]), f"run '{spec['name']}'"):
+            run = Run.objects.create(project=project, name=spec["name"], type=spec["type"], spec=spec, user=user,
+                                     status_message="waiting for placement")
         Job.objects.bulk_create(
             Job(project=project, run=run, name=job_name(run.name, node, replica), replica_num=replica, job_num=node)
             for replica in range(int(spec.get("replicas") or 1))

@@ -3,6 +3,7 @@
 import posixpath
 
 from core.specs import (
+    MAX_NODES,
     SpecError,
     check_keys,
     parse_count,
@@ -19,10 +20,13 @@ from core.specs import (
     pick_alias,
     require,
     require_mapping,
+    short_repr,
     subfield,
 )
 
 RUN_TYPES = ("task", "service")
+MAX_REPLICAS = 1000  # a service's replicas (README "Limits"); a task's nodes are at most MAX_NODES
+MAX_PORT = 65535
 COMMON_FIELDS = (
     "type",
     "name",
@@ -111,7 +115,7 @@ def parse_run_spec(doc: dict) -> dict:
     return {
         "type": kind,
         "name": None if doc.get("name") is None else parse_name(doc["name"], "name"),
-        "nodes": 1 if doc.get("nodes") is None else parse_int(doc["nodes"], "nodes", minimum=1),
+        "nodes": 1 if doc.get("nodes") is None else parse_int(doc["nodes"], "nodes", minimum=1, maximum=MAX_NODES),
         "replicas": parse_replicas(doc.get("replicas")) if kind == "service" else 1,
         "commands": parse_commands(require(doc, "commands")),
         "image": None if doc.get("image") is None else parse_str(doc["image"], "image"),
@@ -148,19 +152,19 @@ def parse_commands(value: object, field: str = "commands") -> list[str]:
 
 
 def parse_replicas(value: object, field: str = "replicas") -> int:
-    """A fixed number of replicas >= 1 (default 1). A true range means autoscaling, which is not supported yet."""
+    """A fixed number of replicas from 1 to MAX_REPLICAS (default 1). A true range means autoscaling, which is
+    not supported yet."""
     if value is None:
         return 1
     if isinstance(value, list):
         raise SpecError(field, "replica groups are not supported yet")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return parse_int(value, field, minimum=1)
     if isinstance(value, (str, dict)):
-        replicas = parse_range(value, field, parse_count)
+        replicas = parse_range(value, field, parse_count, maximum=MAX_REPLICAS)
         if replicas["min"] != replicas["max"]:
-            raise SpecError(field, f"autoscaling is not supported yet: give a fixed number of replicas, not {value!r}")
-        return parse_int(replicas["min"], field, minimum=1)
-    return parse_int(value, field, minimum=1)
+            raise SpecError(field, "autoscaling is not supported yet: give a fixed number of replicas, "
+                                   f"not {short_repr(value)}")
+        value = replicas["min"]
+    return parse_int(value, field, minimum=1, maximum=MAX_REPLICAS)
 
 
 def parse_port(value: object, field: str = "port") -> int:
@@ -170,10 +174,10 @@ def parse_port(value: object, field: str = "port") -> int:
         return parse_port(require(value, "container_port", subfield(field, "container_port")), field)
     if isinstance(value, str):
         container = value.rpartition(":")[2].strip()
-        if not container.isdigit():
-            raise SpecError(field, f"invalid port {value!r}: expected a number like 8000")
+        if not container.isdecimal() or len(container) > 5:
+            raise SpecError(field, f"invalid port {short_repr(value)}: expected a number from 1 to {MAX_PORT}")
         value = int(container)
-    return parse_int(value, field, minimum=1, maximum=65535)
+    return parse_int(value, field, minimum=1, maximum=MAX_PORT)
 
 
 def parse_mounts(value: object, field: str = "volumes") -> list[dict]:

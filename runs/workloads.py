@@ -18,7 +18,7 @@ from runs.jobs import (
     request_job_stop,
     return_job_to_queue,
 )
-from runs.models import Job, JobStatus, JobTerminationReason
+from runs.models import Job, JobStatus, JobTerminationReason, RunStatus
 
 POLL_SECONDS = 5
 FINAL_STATUS_FOR_STOP = {
@@ -154,6 +154,8 @@ class Poller(_JobLoop):
             # gone is settled by the instance loop, which hears it from the provider.
             return Step(after=POLL_SECONDS, failed=f"could not poll the workload, retrying: {state}")
         if state.status == "running":
+            if job.run.status not in (RunStatus.RUNNING, RunStatus.TERMINATING):
+                self.touched_runs.add(job.run_id)  # level-triggered: a run status that lags is derived again
             if job.status_message:
                 Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(status_message="")
             return Step(after=POLL_SECONDS)

@@ -29,6 +29,16 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _broker_up():
+    """Every test starts with kicks enabled (a test that fails a send pauses them for a while)."""
+    from core import kicks
+
+    kicks._broker_down_until, pause = 0.0, kicks.BROKER_DOWN_SECONDS
+    yield
+    kicks._broker_down_until, kicks.BROKER_DOWN_SECONDS = 0.0, pause
+
+
 @pytest.fixture
 def project(db):
     return factories.ProjectFactory(name="main")

@@ -1,4 +1,5 @@
-"""``manage.py runstack`` end to end: the embedded default serves the API, runs the worker and beat, stops cleanly.
+"""``manage.py runstack`` end to end: the embedded default serves the API (gunicorn, or runserver with
+``--dev``) and its static files, runs the worker and beat, stops cleanly.
 
 The command runs as a real subprocess in its own session (so its process group can be checked for
 leftovers), on a free port, with a fresh data dir and no DATABASE_URL / CELERY_BROKER_URL.
@@ -6,6 +7,7 @@ leftovers), on a free port, with a fresh data dir and no DATABASE_URL / CELERY_B
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -47,16 +49,16 @@ def _free_port() -> int:
 class Stack:
     """A running ``runstack`` and a tiny HTTP client for it."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, *args: str, **extra_env: str):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.token = secrets.token_hex(20)
         self.log_path = tmp_path / "runstack.log"
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-        env.update(STACKYARD_DATA_DIR=str(tmp_path / "data"), STACKYARD_ADMIN_TOKEN=self.token)
+        env.update(STACKYARD_DATA_DIR=str(tmp_path / "data"), STACKYARD_ADMIN_TOKEN=self.token, **extra_env)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "runstack", "--host", "127.0.0.1", "--port", str(self.port)],
+                [sys.executable, "manage.py", "runstack", "--host", "127.0.0.1", "--port", str(self.port), *args],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -67,19 +69,46 @@ class Stack:
 
     def request(self, method: str, path: str, body: str | None = None, content_type: str = "application/json"):
         """Return (status, parsed JSON or raw text)."""
+        status, _, raw = self.fetch(method, path, body, content_type)
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def fetch(self, method: str, path: str, body: str | None = None, content_type: str = "application/json"):
+        """Return (status, headers, raw body)."""
         request = urllib.request.Request(self.base + path, method=method, data=body.encode() if body else None)
         request.add_header("Authorization", f"Token {self.token}")
         if body is not None:
             request.add_header("Content-Type", content_type)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
-                status, raw = response.status, response.read()
+                return response.status, response.headers, response.read()
         except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
+            return err.code, err.headers, err.read()
+
+    def stop(self) -> None:
+        """SIGTERM: runstack must exit 0 and leave no process of its group behind."""
+        self.process.send_signal(signal.SIGTERM)
         try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw.decode(errors="replace")
+            returncode = self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"runstack did not stop within 20 s:\n{self.output()}")
+        assert returncode == 0, self.output()
+        deadline = time.monotonic() + 2  # the kernel may take a moment to reap the last child
+        while _group_alive(self.pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _group_alive(self.pgid), f"processes left in the group:\n{self.output()}"
+
+    def assert_static_files_served(self) -> None:
+        """The admin's CSS and JS, and every local asset the API docs page loads, come from the web server."""
+        status, _, docs = self.fetch("GET", "/api/docs/")
+        assert status == 200, self.output()
+        docs_assets = re.findall(r'"(/static/[^"]+\.(?:js|css))"', docs.decode())
+        for path in ["/static/admin/css/base.css", "/static/admin/js/core.js", *docs_assets]:
+            status, headers, raw = self.fetch("GET", path)
+            kind = "text/css" if path.endswith(".css") else "javascript"
+            assert status == 200 and kind in headers["Content-Type"] and raw, (path, status, self.output())
 
     def wait_until(self, what: str, check, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -112,9 +141,12 @@ def _group_alive(pgid: int) -> bool:
 
 
 def test_runstack_serves_runs_background_jobs_and_stops_cleanly(tmp_path):
-    stack = Stack(tmp_path)
+    # DEBUG off, as in production: static files then come only from what runstack collected.
+    stack = Stack(tmp_path, DJANGO_DEBUG="false")
     try:
         stack.wait_until("/healthz to answer 200", lambda: stack.request("GET", "/healthz")[0] == 200, timeout=60)
+        assert stack.fetch("GET", "/healthz")[1]["Server"] == "gunicorn", "the default web server is gunicorn"
+        stack.assert_static_files_served()
 
         status, body = stack.request("POST", "/api/v1/projects/main/apply/", FLEET_YAML, "application/yaml")
         assert status in (200, 202), (body, stack.output())
@@ -133,15 +165,23 @@ def test_runstack_serves_runs_background_jobs_and_stops_cleanly(tmp_path):
         stack.wait_until("the volume to become active",
                          lambda: stack.request("GET", volume)[1].get("status") == "active", timeout=30)
 
-        stack.process.send_signal(signal.SIGTERM)
-        try:
-            returncode = stack.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"runstack did not stop within 20 s:\n{stack.output()}")
-        assert returncode == 0, stack.output()
-        deadline = time.monotonic() + 2  # the kernel may take a moment to reap the last child
-        while _group_alive(stack.pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _group_alive(stack.pgid), f"processes left in the group:\n{stack.output()}"
+        # Every fast reconciler has finished a pass in the worker by now (beat ticks every 2 s).
+        stack.wait_until("every reconciler to finish a pass",
+                         lambda: stack.request("GET", "/healthz")[1]["workers"] == "ok", timeout=30)
+        assert "(gunicorn, " in stack.output()
+
+        stack.stop()
+    finally:
+        stack.kill()
+
+
+def test_runstack_dev_serves_with_runserver(tmp_path):
+    stack = Stack(tmp_path, "--dev")
+    try:
+        stack.wait_until("/healthz to answer 200", lambda: stack.request("GET", "/healthz")[0] == 200, timeout=60)
+        assert stack.fetch("GET", "/healthz")[1]["Server"].startswith("WSGIServer/"), "--dev runs runserver"
+        stack.assert_static_files_served()
+        assert stack.request("GET", "/api/v1/projects/")[0] == 200
+        stack.stop()
     finally:
         stack.kill()

@@ -8,11 +8,13 @@ class VolumesConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models import Q
 
-        from backends.dependents import register_dependents
+        from backends.dependents import register_dependents, register_owner
         from fleets.holders import register_holder
         from volumes.models import ATTACHMENT_LIVE_STATES, VolumeStatus
+        from volumes.selectors import owned_volume_ids
         from volumes.services import live_volume_names
 
         register_dependents("volumes", live_volume_names, lambda: ~Q(volumes__status=VolumeStatus.DELETED))
+        register_owner("volume", owned_volume_ids)
         # An instance is never terminated while a volume is attached to it.
         register_holder("volumes.attachments", lambda: Q(attachments__status__in=ATTACHMENT_LIVE_STATES))

@@ -53,6 +53,7 @@ class Provisioner(_VolumeLoop):
     def call(self, rows):
         results = {}
         for volume in rows:
+            self.keep_lease()
             compare_and_swap(Volume, pk=volume.pk, allowed_from=(VolumeStatus.SUBMITTED,),
                              to=VolumeStatus.PROVISIONING)
             try:
@@ -108,6 +109,7 @@ class Deleter(_VolumeLoop):
     def call(self, rows):
         results = {}
         for volume in rows:
+            self.keep_lease()
             try:
                 if volume.backend is None:
                     results[volume.pk] = None

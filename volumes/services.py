@@ -8,7 +8,7 @@ from django.utils import timezone
 from backends.drivers.registry import get_driver
 from backends.models import Backend
 from backends.selectors import named
-from backends.services import lock_backend
+from backends.services import lock_backend, refuse_if_draining
 from core.errors import Conflict, InvalidInput
 from core.events import record_event
 from core.kicks import kick
@@ -52,12 +52,13 @@ def _check_location(backend: Backend, spec: dict) -> None:
 def apply_volume(*, project: Project, spec: dict, actor: str = "", dry_run: bool = False) -> ApplyResult:
     """Create a volume (or register an external one), or replace a deleted one with the same name.
 
-    A live volume cannot change its configuration: that would mean moving data between clouds.
+    A live volume cannot change its configuration: that would mean moving data between clouds. A
+    new volume (created or registered) on a draining backend is refused: 409 ``backend_draining``.
     """
     backend = _backend_for(project, spec["backend"])
     _check_location(backend, spec)
     with transaction.atomic():
-        lock_backend(backend.pk)
+        backend = lock_backend(backend.pk)
         existing = Volume.objects.select_for_update().filter(project=project, name=spec["name"]).first()
         result = ApplyResult(type="volume", name=spec["name"], action="create", spec=spec, resource=existing)
         if existing is not None and existing.status != VolumeStatus.DELETED:
@@ -68,6 +69,7 @@ def apply_volume(*, project: Project, spec: dict, actor: str = "", dry_run: bool
                                changes=result.changes)
             result.action = "unchanged"
             return result
+        refuse_if_draining(backend)
         if existing is not None:
             result.action = "replace"
         if dry_run:

@@ -9,11 +9,13 @@ from core.specs import (
     parse_str,
     require,
     require_mapping,
+    short_repr,
 )
 
 VOLUME_FIELDS = ("type", "name", "backend", "region", "availability_zone", "size", "volume_id")
 # dstack volume fields Stackyard does not implement: refused by name rather than silently dropped.
 UNSUPPORTED_VOLUME_FIELDS = ("auto_cleanup_duration", "tags")
+MAX_VOLUME_SIZE_GB = 65536  # 64 TB, the largest network volume a cloud offers (README "Limits")
 
 
 def parse_volume_spec(doc: dict) -> dict:
@@ -42,8 +44,8 @@ def parse_volume_spec(doc: dict) -> dict:
 
 
 def parse_size_gb(value: object, field: str = "size") -> int:
-    """A positive whole number of GB ('500GB', '1TB', 500)."""
-    size = parse_size(value, field)
+    """A positive whole number of GB ('500GB', '1TB', 500), at most MAX_VOLUME_SIZE_GB."""
+    size = parse_size(value, field, maximum=MAX_VOLUME_SIZE_GB)
     if size <= 0 or size != int(size):
-        raise SpecError(field, f"must be a positive whole number of GB, got {value!r}")
+        raise SpecError(field, f"must be a positive whole number of GB, got {short_repr(value)}")
     return int(size)

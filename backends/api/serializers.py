@@ -40,3 +40,22 @@ class FaultSerializer(serializers.Serializer):
 
 class TerminatedInstancesSerializer(serializers.Serializer):
     instances = serializers.ListField(child=serializers.CharField())
+
+
+class TaggedResourceSerializer(serializers.Serializer):
+    """A provider resource tagged by this control plane; ``orphan``: no live instance or volume owns it."""
+
+    kind = serializers.ChoiceField(choices=["instance", "volume"], read_only=True)
+    provider_id = serializers.CharField(read_only=True)
+    region = serializers.CharField(read_only=True)
+    availability_zone = serializers.CharField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    orphan = serializers.BooleanField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True, allow_null=True)
+
+
+class ProviderErrorSerializer(serializers.Serializer):
+    """The provider could not be asked: ``code`` is ``provider_error``."""
+
+    code = serializers.CharField(read_only=True)
+    detail = serializers.CharField(read_only=True)

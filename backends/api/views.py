@@ -1,13 +1,15 @@
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from backends import services
+from backends import orphans, services
 from backends.api.serializers import (
     BackendSerializer,
     BackendUpdateSerializer,
     FaultSerializer,
+    ProviderErrorSerializer,
+    TaggedResourceSerializer,
     TerminatedInstancesSerializer,
 )
 from backends.drivers import sim_faults
@@ -19,7 +21,8 @@ class BackendViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectSc
     """Backends of a project. Changing them needs the project admin role."""
 
     serializer_class = BackendSerializer
-    admin_actions = frozenset({"create", "partial_update", "destroy", "terminate_instances", "faults"})
+    admin_actions = frozenset({"create", "partial_update", "destroy", "terminate_instances", "faults", "drain",
+                               "resume"})
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
@@ -50,6 +53,20 @@ class BackendViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectSc
         names = services.terminate_backend_instances(backend=self.get_object(), actor=self.actor)
         return Response({"instances": names}, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(request=None, responses=BackendSerializer)
+    @action(detail=True, methods=["post"])
+    def drain(self, request, *args, **kwargs):
+        """Nothing new is placed or provisioned on the backend (``status: draining``); idempotent."""
+        backend = services.drain_backend(backend=self.get_object(), actor=self.actor)
+        return Response(self.get_serializer(backend).data)
+
+    @extend_schema(request=None, responses=BackendSerializer)
+    @action(detail=True, methods=["post"])
+    def resume(self, request, *args, **kwargs):
+        """A draining backend takes new instances and volumes again (``status: active``); idempotent."""
+        backend = services.resume_backend(backend=self.get_object(), actor=self.actor)
+        return Response(self.get_serializer(backend).data)
+
     @extend_schema(methods=["get"], responses=FaultSerializer(many=True))
     @extend_schema(methods=["post"], request=dict, responses={201: FaultSerializer})
     @extend_schema(methods=["delete"], responses={204: None})
@@ -64,3 +81,15 @@ class BackendViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectSc
             sim_faults.clear_faults(backend, kind=request.query_params.get("kind"))
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(FaultSerializer(sim_faults.list_faults(backend), many=True).data)
+
+    @extend_schema(responses={
+        200: TaggedResourceSerializer(many=True),
+        502: OpenApiResponse(ProviderErrorSerializer, description="The provider failed (code provider_error)."),
+        503: OpenApiResponse(ProviderErrorSerializer, description="The provider failed transiently (throttled, "
+                                                                  "timed out; code provider_error): retry later."),
+    })
+    @action(detail=True, methods=["get"], url_path="resources", pagination_class=None)
+    def resources(self, request, *args, **kwargs):
+        """The provider resources tagged by Stackyard, asked live; ``orphan``: no live instance or volume
+        owns it (``backends.find_orphans`` reports and, if configured, terminates those)."""
+        return Response(TaggedResourceSerializer(orphans.tagged_resources(backend=self.get_object()), many=True).data)

@@ -300,4 +300,5 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def list_tagged_resources(self) -> list[TaggedResource]:
-        """Every live instance and volume this control plane created in this account."""
+        """Every live instance and volume in this account tagged ``stackyard-managed=true`` (which this
+        control plane tags all it creates with), with its location, creation time and tags."""

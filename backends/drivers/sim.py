@@ -12,6 +12,8 @@ Guarantees beyond the ``Driver`` interface:
   takes N seconds, ``exit K`` ends the script with status K; every other command takes no time.
   A script with neither runs until stopped; one with sleeps and no exit ends with status 0.
 * Faults are read on every call, so adding or clearing one takes effect at once.
+* Resources keep the tags they were created with; ``list_tagged_resources`` lists the live ones
+  tagged ``stackyard-managed=true`` (created without tags, they are someone else's).
 * Each write is one autocommit statement, a compare-and-swap where two callers could race: the
   driver never holds a transaction open and is safe to call from many workers at once.
 """
@@ -57,6 +59,8 @@ from backends.sim_models import (
 )
 
 LIVE_INSTANCE_STATES = (SimInstanceState.PROVISIONING, SimInstanceState.RUNNING)
+# The tag that marks a resource as created by this control plane (list_tagged_resources).
+MANAGED_TAG = "stackyard-managed"
 # AWS recommends /dev/sdf../dev/sdp for data volumes; the sim hands them out in order.
 DEVICE_NAMES = [f"/dev/sd{letter}" for letter in "fghijklmnop"]
 _SEPARATOR = re.compile(r"&&|;|\n")
@@ -517,8 +521,29 @@ class SimDriver(Driver):
 
     @_sim_call
     def list_tagged_resources(self) -> list[TaggedResource]:
-        instances = SimInstance.objects.filter(backend_id=self.backend.pk).exclude(state=SimInstanceState.TERMINATED)
+        """Live instances and volumes tagged ``stackyard-managed=true``; untagged ones are not ours."""
+        instances = SimInstance.objects.filter(backend_id=self.backend.pk, state__in=LIVE_INSTANCE_STATES)
         volumes = SimVolume.objects.filter(backend_id=self.backend.pk).exclude(state=SimVolumeState.DELETED)
-        return [TaggedResource("instance", i.instance_id, i.name) for i in instances] + [
-            TaggedResource("volume", v.volume_id, v.name) for v in volumes
-        ]
+        resources = [TaggedResource("instance", i.instance_id, i.name, i.region, i.availability_zone, i.created_at,
+                                    dict(i.tags)) for i in instances]
+        resources += [TaggedResource("volume", v.volume_id, v.name, v.region, v.availability_zone, v.created_at,
+                                     dict(v.tags)) for v in volumes]
+        return [r for r in resources if r.tags.get(MANAGED_TAG) == "true"]
+
+    def plant_orphan(self, *, region: str, name: str = "") -> SimInstance:
+        """A running VM tagged as ours that no control-plane row knows (the ``orphan_instance`` fault).
+
+        Not a provider call: it is the simulated world changing behind the control plane's back.
+        """
+        zones = self.locations()
+        if region not in zones:
+            raise FatalError(f"region {region!r} is not one of this backend's regions: {', '.join(zones)}")
+        name = name or _new_id("ghost")
+        itype = self.settings["instance_types"][0]
+        tags = {MANAGED_TAG: "true", "stackyard-project": self.backend.project.name, "stackyard-fleet": "ghost",
+                "stackyard-instance": name}
+        return SimInstance.objects.create(
+            backend_id=self.backend.pk, instance_id=_new_id("i"), tags=tags, name=name, region=region,
+            availability_zone=zones[region][0], instance_type=itype["name"], price=itype["price"],
+            state=SimInstanceState.RUNNING,
+        )

@@ -7,13 +7,14 @@ placement by price behaves as it would against a real cloud.
 import copy
 import math
 
+from backends.drivers.orphan_policy import ORPHAN_KEYS, validate_orphan_keys
 from core.errors import InvalidInput
 
 DEFAULT_REGIONS = ["eu-west-1", "us-east-1"]
 ZONE_SUFFIXES = ("a", "b")
 # Spot capacity in the sim costs this fraction of the on-demand price (real clouds: ~30-40%).
 SPOT_PRICE_FACTOR = 0.35
-CONFIG_KEYS = ("regions", "instance_types", "latency")
+CONFIG_KEYS = ("regions", "instance_types", "latency", *ORPHAN_KEYS)
 INSTANCE_TYPE_KEYS = ("name", "cpus", "memory_mib", "gpus", "disk_gb", "price")
 GPU_KEYS = ("name", "memory_mib")
 
@@ -95,6 +96,7 @@ def validate_config(config: dict) -> dict:
         cleaned["instance_types"] = _instance_types(config["instance_types"])
     if "latency" in config:
         cleaned["latency"] = _latency(config["latency"])
+    cleaned.update(validate_orphan_keys(config))
     return cleaned
 
 
@@ -193,6 +195,10 @@ def _is_rate(value) -> bool:
     return _is_number(value) and 0 < value <= 1
 
 
+def _is_instance_name(value) -> bool:
+    return _is_name(value) and len(value) <= 80
+
+
 # kind -> {key: (check, what the value must be)}; every key is required and no other key is allowed.
 FAULT_SCHEMAS: dict[str, dict[str, tuple]] = {
     "stuck_detach": {"volume": (_is_name, "a volume name"), "forced_ok": (_is_flag, "true or false")},
@@ -200,6 +206,12 @@ FAULT_SCHEMAS: dict[str, dict[str, tuple]] = {
     "crash_job": {"job": (_is_name, "a job name"), "exit_status": (_is_exit_status, "an exit status 1..255")},
     "interrupt_instance": {"instance": (_is_name, "an instance name")},
     "api_errors": {"rate": (_is_rate, "a probability, 0 < rate <= 1")},
+    # Adding it plants at once a running, tagged VM the database does not know (sim_faults.add_fault).
+    "orphan_instance": {"region": (_is_name, "one of the backend's regions")},
+}
+# kind -> {key: (check, what the value must be)} of the keys a fault may leave out.
+OPTIONAL_FAULT_KEYS: dict[str, dict[str, tuple]] = {
+    "orphan_instance": {"name": (_is_instance_name, "an instance name of at most 80 characters")},
 }
 
 
@@ -211,15 +223,16 @@ def validate_fault(payload: dict) -> dict:
     if kind not in FAULT_SCHEMAS:
         kinds = ", ".join(FAULT_SCHEMAS)
         raise InvalidInput(f"unknown fault kind {kind!r}; kinds: {kinds}", code="invalid_fault", field="kind")
-    schema = FAULT_SCHEMAS[kind]
+    required, optional = FAULT_SCHEMAS[kind], OPTIONAL_FAULT_KEYS.get(kind, {})
+    schema = {**required, **optional}
     params = {key: value for key, value in payload.items() if key != "kind"}
-    if missing := sorted(schema.keys() - params.keys()):
+    if missing := sorted(required.keys() - params.keys()):
         raise InvalidInput(f"fault {kind} needs {missing[0]!r}", code="invalid_fault", field=missing[0])
     if extra := sorted(params.keys() - schema.keys()):
         detail = f"fault {kind} has no key {extra[0]!r}; keys: {', '.join(schema)}"
         raise InvalidInput(detail, code="invalid_fault", field=extra[0])
     for key, (check, description) in schema.items():
-        if not check(params[key]):
+        if key in params and not check(params[key]):
             detail = f"fault {kind}: {key!r} must be {description}, not {params[key]!r}"
             raise InvalidInput(detail, code="invalid_fault", field=key)
     return {"kind": kind, **params}

@@ -3,8 +3,12 @@
 Each kind is described in ``sim_catalogue.FAULT_SCHEMAS``; a fault applies from the next driver call on.
 """
 
+from django.db import transaction
+
+from backends.drivers.base import FatalError
+from backends.drivers.sim import SimDriver
 from backends.drivers.sim_catalogue import FAULT_SCHEMAS, validate_fault
-from backends.sim_models import SimFault
+from backends.sim_models import SimFault, SimFaultKind
 from core.errors import InvalidInput
 
 __all__ = ["add_fault", "clear_faults", "list_faults", "validate_fault"]
@@ -19,10 +23,25 @@ def _require_sim(backend) -> None:
 
 
 def add_fault(backend, payload: dict) -> SimFault:
-    """Validate and store a fault on a sim backend; it applies to every driver call from now on."""
+    """Validate and store a fault on a sim backend; it applies to every driver call from now on.
+
+    ``orphan_instance`` acts once, when added: a running VM tagged as ours appears in the region
+    (its ``name`` if given), which no instance row knows; clearing the fault leaves the VM running.
+    """
     _require_sim(backend)
     fault = validate_fault(payload)
-    return SimFault.objects.create(backend=backend, kind=fault.pop("kind"), params=fault)
+    if fault["kind"] != SimFaultKind.ORPHAN_INSTANCE:
+        return SimFault.objects.create(backend=backend, kind=fault.pop("kind"), params=fault)
+    try:
+        driver = SimDriver(backend)
+    except FatalError as err:  # a stored config that no longer validates
+        raise InvalidInput(str(err), code="invalid_config") from None
+    if (region := fault["region"]) not in (regions := driver.locations()):
+        detail = f"fault orphan_instance: region {region!r} is not one of the backend's regions: {', '.join(regions)}"
+        raise InvalidInput(detail, code="invalid_fault", field="region")
+    with transaction.atomic():
+        fault["name"] = driver.plant_orphan(region=fault["region"], name=fault.get("name", "")).name
+        return SimFault.objects.create(backend=backend, kind=fault.pop("kind"), params=fault)
 
 
 def list_faults(backend):

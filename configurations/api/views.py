@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from configurations.api.serializers import ApplyResultSerializer
 from configurations.apply import apply_configuration
+from core.api.params import boolean_param
 from fleets.api.serializers import FleetSerializer
 from projects.api.base import project_for_request
 from runs.api.serializers import RunSerializer
@@ -39,7 +40,7 @@ class ApplyView(APIView):
     )
     def post(self, request, project: str):
         project_obj, _ = project_for_request(request, project)
-        dry_run = request.query_params.get("dry_run", "").lower() in ("1", "true", "yes")
+        dry_run = boolean_param(request, "dry_run")
         result = apply_configuration(project=project_obj, body=request.body, content_type=request.content_type,
                                      user=request.user, dry_run=dry_run)
         changed = not dry_run and result.action != "unchanged"

@@ -2,8 +2,10 @@
 
 import logging
 
-from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -25,7 +27,19 @@ def _first_message(data, prefix: str = "") -> str:
     return f"{prefix}: {data}" if prefix else str(data)
 
 
+@csrf_exempt  # like every API view: token auth, and a POST to a wrong path must get this 404, not a CSRF page
+def api_not_found(request, *args, **kwargs):
+    """An unknown path under the API: a 404 in the API's error shape, not Django's HTML page."""
+    return JsonResponse({"code": "not_found", "detail": f"no API endpoint at {request.path}"}, status=404)
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return Response({"code": "too_large", "detail": f"the request body is over the limit of {limit} bytes"},
+                        status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    if isinstance(exc, SuspiciousOperation):  # too many form fields or files: Django's own limits
+        return Response({"code": "invalid", "detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ServiceError):
         return Response(exc.as_dict(), status=exc.status_code)
     if isinstance(exc, SpecError):

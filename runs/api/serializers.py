@@ -1,11 +1,14 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from runs.models import Job, Run, RunType
+from runs.models import Job, JobTerminationReason, Run, RunTerminationReason, RunType
 
 
 class JobSerializer(serializers.ModelSerializer):
     instance = serializers.CharField(source="instance.name", read_only=True, allow_null=True, default=None)
+    # Declared so that the schema lists "" (not finished) among the values, as the API answers it.
+    termination_reason = serializers.ChoiceField(choices=JobTerminationReason.choices, allow_blank=True,
+                                                 read_only=True)
 
     class Meta:
         model = Job
@@ -28,6 +31,8 @@ class RunSerializer(serializers.ModelSerializer):
 
     replicas = serializers.SerializerMethodField()
     health = serializers.SerializerMethodField()
+    termination_reason = serializers.ChoiceField(choices=RunTerminationReason.choices, allow_blank=True,
+                                                 read_only=True)
 
     class Meta:
         model = Run

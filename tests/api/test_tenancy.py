@@ -15,6 +15,7 @@ PROJECT_PATHS = [
     ("patch", "/api/v1/projects/main/backends/sim/"),
     ("delete", "/api/v1/projects/main/backends/sim/"),
     ("post", "/api/v1/projects/main/backends/sim/terminate-instances/"),
+    ("get", "/api/v1/projects/main/backends/sim/resources/"),
     ("get", "/api/v1/projects/main/backends/sim/faults/"),
     ("post", "/api/v1/projects/main/backends/sim/faults/"),
     ("delete", "/api/v1/projects/main/backends/sim/faults/"),

@@ -63,14 +63,18 @@ def offer(driver, zone="eu-west-1a", instance_type="cpu-4", spot=False):
     )
 
 
+MANAGED = {"stackyard-managed": "true"}
+
+
 def running_instance(driver, name="fleet-0", zone="eu-west-1a"):
-    instance_id = driver.create_instance(name=name, offer=offer(driver, zone=zone))
+    instance_id = driver.create_instance(name=name, offer=offer(driver, zone=zone), tags=MANAGED)
     driver.instance_state(instance_id=instance_id)  # the first poll reports provisioning
     return instance_id
 
 
 def volume_in(driver, name="vol", zone="eu-west-1a"):
-    return driver.create_volume(name=name, region=zone[:-1], availability_zone=zone, size_gb=100).volume_id
+    return driver.create_volume(name=name, region=zone[:-1], availability_zone=zone, size_gb=100,
+                                tags=MANAGED).volume_id
 
 
 # --- registry and config --------------------------------------------------------------------------
@@ -174,10 +178,14 @@ def test_no_latency_by_default(driver, monkeypatch):
 
 
 def test_instance_lifecycle(driver):
-    instance_id = driver.create_instance(name="fleet-0", offer=offer(driver, spot=True))
+    tags = {"stackyard-managed": "true", "stackyard-instance": "fleet-0"}
+    instance_id = driver.create_instance(name="fleet-0", offer=offer(driver, spot=True), tags=tags)
     assert driver.instance_state(instance_id=instance_id) == "provisioning"
     assert driver.instance_state(instance_id=instance_id) == "running"
-    assert driver.list_tagged_resources() == [TaggedResource("instance", instance_id, "fleet-0")]
+    [listed] = driver.list_tagged_resources()
+    assert listed == TaggedResource("instance", instance_id, "fleet-0", "eu-west-1", "eu-west-1a",
+                                    listed.created_at, tags)
+    assert listed.created_at is not None
     driver.terminate_instance(instance_id=instance_id)
     driver.terminate_instance(instance_id=instance_id)  # a retried terminate is harmless
     assert driver.instance_state(instance_id=instance_id) == "terminated"

@@ -105,3 +105,22 @@ def test_a_call_that_raises_marks_its_batch_failed_and_the_loop_goes_on(instance
     messages = set(Instance.objects.values_list("status_message", flat=True))
     assert messages == {"driver bug"} or all("driver bug" in m for m in messages)
     assert all(i.failures == 1 for i in Instance.objects.all())
+
+
+def test_a_slow_batch_keeps_its_lease_so_nobody_repeats_its_calls(instances):
+    from core import leases
+
+    taken_over = []
+
+    class Slow(Recorder):
+        lease_seconds = 1
+
+        def call(self, rows):
+            for _ in rows:
+                self.keep_lease()
+                time.sleep(0.4)
+                taken_over.extend(leases.claim(Instance, Q(), owner=leases.new_owner()))
+            return {row.pk: "ok" for row in rows}
+
+    Slow(batch_size=5).run()
+    assert taken_over == []  # 2 s of calls on a 1 s lease, and no row was claimed by anyone else

@@ -226,3 +226,20 @@ def test_a_volume_created_while_it_is_deleted_is_recorded_and_deleted(project):
         process_volumes()
     assert Volume.objects.get(pk=volume.pk).status == "deleted"
     assert list(SimVolume.objects.filter(backend=backend).values_list("state", flat=True)) == ["deleted"]
+
+
+def test_two_passes_growing_one_fleet_stop_at_its_minimum(project):
+    """A fleet pass that outlives its lease (slow offers) overlaps with the next one: together they
+    still create exactly nodes.min instances (found by the chaos tests: 7 instances for a min of 4)."""
+    backend = factories.BackendFactory(project=project, name="slow", config={"latency": 0.4})
+    factories.FleetFactory(project=project, name="elastic", status="submitted", spec=parse_fleet_spec(
+        {"type": "fleet", "name": "elastic", "nodes": "4..10", "resources": {"gpu": "L4:1"}}))
+    first, first_errors = _in_thread(reconcile_fleets)
+    time.sleep(0.9)  # the first pass is growing; its lease "runs out" and a second pass starts
+    Fleet.objects.update(lease_until=None, lease_owner="")
+    second, second_errors = _in_thread(reconcile_fleets)
+    for thread in (first, second):
+        thread.join(60)
+    assert not first_errors and not second_errors
+    assert Instance.objects.filter(fleet__name="elastic").count() == 4
+    assert backend.instances.count() == 4

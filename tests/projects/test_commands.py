@@ -48,6 +48,12 @@ def test_createuser_staff_and_bad_input(project):
 
 
 def test_healthz_answers_200_when_database_and_broker_answer(client):
+    from django.conf import settings
+
+    from core.heartbeats import record_pass
+
+    for name in settings.FAST_RECONCILERS:  # the workers keep up (tests/test_health.py covers them)
+        record_pass(name)
     response = client.get("/healthz")
     assert response.status_code == 200 and response.json()["status"] == "ok"
 

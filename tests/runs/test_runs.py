@@ -56,3 +56,20 @@ def test_delete_only_finished_runs(project, sim_backend, api):
     assert api.delete(RUNS + "llm/").status_code == 204
     assert not Run.objects.exists()
     assert api.get(RUNS + "llm/").status_code == 404
+
+
+def test_a_run_status_derived_from_stale_jobs_never_overwrites_a_newer_one(project):
+    """Placement and the job loop derive a run's status concurrently; the one that read older jobs
+    must not move the run back (found by bench/api_runs.py: runs left 'provisioning' with jobs running)."""
+    from runs.jobs import _move_group, refresh_run_statuses
+    from runs.models import Job, Run
+
+    run = factories.RunFactory(project=project, name="r", status="running")
+    Job.objects.create(project=project, run=run, name="r-0-0", status="running")
+    stale = Run.objects.get(pk=run.pk)
+    stale.status = "submitted"  # what placement read before the job loop moved the run
+    assert _move_group([stale], "submitted", "provisioning") == {run.pk}
+    assert Run.objects.get(pk=run.pk).status == "running"
+    Run.objects.filter(pk=run.pk).update(status="provisioning")  # a lagging status is derived again
+    refresh_run_statuses([run.pk])
+    assert Run.objects.get(pk=run.pk).status == "running"

@@ -1,9 +1,11 @@
 """``manage.py runstack``: the embedded default in one command (SPEC section 1).
 
-Migrates, bootstraps (``projects.bootstrap``), then supervises three children: the web server
-(Django's ``runserver --noreload --insecure``, good enough for a laptop; production uses a real WSGI
-server on ``config.wsgi``), a Celery worker (threads pool, so it has no pool processes of its own and
-works on the filesystem broker) and Celery beat with the database scheduler.
+Migrates, collects static files into the data dir (WhiteNoise serves them), bootstraps
+(``ops.bootstrap``), then supervises three children: the web server (gunicorn with ``--web-workers``
+sync workers on ``config.wsgi``, chosen by ``bench/web_servers.py``; Django's ``runserver`` with
+``--dev``), a Celery worker (prefork pool: each task runs in a pool process the worker can kill, so
+tasks' hard time limits hold and a stuck pass cannot keep a slot for ever) and Celery beat with the
+database scheduler.
 
 The children stay in runstack's process group, so a Ctrl-C in a terminal reaches all of them, and
 each is told (Linux ``PR_SET_PDEATHSIG``) to stop if runstack itself is killed. On SIGINT/SIGTERM
@@ -87,14 +89,30 @@ def _public_base_url(host: str, port: int) -> str:
     return f"http://{_address(host, port)}"
 
 
-def child_commands(host: str, port: int, concurrency: int, loglevel: str = "WARNING") -> dict[str, list[str]]:
+def default_web_workers() -> int:
+    return 2 * (os.cpu_count() or 1)
+
+
+def web_command(host: str, port: int, workers: int, dev: bool = False) -> list[str]:
+    """Gunicorn's sync workers (the fastest and steadiest in ``bench/RESULTS.md``), or runserver with ``--dev``."""
+    if dev:
+        return [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "runserver", "--noreload", "--insecure",
+                _address(host, port)]
+    # The graceful timeout stays under STOP_TIMEOUT so a stop never needs SIGKILL.
+    return [sys.executable, "-m", "gunicorn", "config.wsgi:application", f"--bind={_address(host, port)}",
+            "--worker-class=sync", f"--workers={workers}", f"--graceful-timeout={STOP_TIMEOUT / 2:g}",
+            "--log-level=warning"]
+
+
+def child_commands(host: str, port: int, concurrency: int, loglevel: str = "WARNING", *,
+                   web_workers: int | None = None, dev: bool = False) -> dict[str, list[str]]:
     """The command line of each child, run from the project root with the venv's interpreter."""
     data_dir = Path(settings.DATA_DIR)
     celery = [sys.executable, "-m", "celery", "-A", "config"]
     return {
-        "web": [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "runserver", "--noreload", "--insecure",
-                _address(host, port)],
-        "worker": [*celery, "worker", f"--loglevel={loglevel}", "--pool=threads", f"--concurrency={concurrency}",
+        "web": web_command(host, port, web_workers or default_web_workers(), dev),
+        # prefork: the hard time limit kills the pool process running a stuck task; threads cannot.
+        "worker": [*celery, "worker", f"--loglevel={loglevel}", "--pool=prefork", f"--concurrency={concurrency}",
                    "--without-gossip", "--without-mingle"],
         "beat": [*celery, "beat", f"--loglevel={loglevel}", f"--scheduler={settings.CELERY_BEAT_SCHEDULER}",
                  f"--schedule={data_dir / 'celerybeat-schedule'}", f"--pidfile={data_dir / 'celerybeat.pid'}"],
@@ -107,13 +125,24 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1", help="address the web server listens on")
         parser.add_argument("--port", type=int, default=8000, help="port of the web server")
-        parser.add_argument("--concurrency", type=int, default=4, help="threads of the Celery worker")
+        parser.add_argument("--web-workers", type=int, default=default_web_workers(),
+                            help="gunicorn worker processes (default: 2 per CPU core)")
+        parser.add_argument("--dev", action="store_true",
+                            help="serve with Django's runserver instead of gunicorn (one process, for development)")
+        parser.add_argument("--concurrency", type=int, default=4, help="pool processes of the Celery worker")
         parser.add_argument("--celery-loglevel", default="WARNING",
                             help="log level of the worker and beat (INFO shows every task; default WARNING)")
 
-    def handle(self, *args, host: str, port: int, concurrency: int, celery_loglevel: str, **options):
+    def handle(self, *args, host: str, port: int, concurrency: int, celery_loglevel: str, web_workers: int,
+               dev: bool, **options):
+        if web_workers < 1 or concurrency < 1:
+            raise CommandError("--web-workers and --concurrency must be at least 1")
         self.lock = threading.Lock()
-        call_command("migrate", interactive=False, verbosity=max(0, options["verbosity"] - 1))
+        self.web_server = "runserver, --dev" if dev else f"gunicorn, {web_workers} workers"
+        quiet = max(0, options["verbosity"] - 1)
+        call_command("migrate", interactive=False, verbosity=quiet)
+        # The production server has no static file handler of its own: WhiteNoise serves STATIC_ROOT.
+        call_command("collectstatic", interactive=False, verbosity=quiet)
         try:
             _, token = bootstrap(settings.ADMIN_TOKEN)
         except BootstrapError as err:
@@ -123,7 +152,8 @@ class Command(BaseCommand):
         stop = StopRequest()
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
-        children = self._start(child_commands(host, port, concurrency, celery_loglevel))
+        children = self._start(child_commands(host, port, concurrency, celery_loglevel, web_workers=web_workers,
+                                              dev=dev))
         try:
             failed = self._supervise(children, stop, _public_base_url(host, port), token)
         finally:
@@ -218,7 +248,7 @@ class Command(BaseCommand):
         lines = [
             "",
             "Stackyard is running (Ctrl-C stops web, worker and beat).",
-            f"  web:      {base_url}/",
+            f"  web:      {base_url}/   ({self.web_server})",
             f"  admin:    {base_url}/admin/   (user 'admin'; set a password with: "
             "python manage.py changepassword admin)",
             f"  API docs: {base_url}/api/docs/",
@@ -226,5 +256,6 @@ class Command(BaseCommand):
             f"  try:      curl -H 'Authorization: Token {token}' {base_url}/api/v1/projects/",
         ]
         if health != 200:
-            lines.append(f"  warning:  {base_url}/healthz answers {health}: the database or the broker is not ready")
+            lines.append(f"  warning:  {base_url}/healthz answers {health}: the database, the broker or the workers "
+                         "are not ready")
         self._say("\n".join(lines) + "\n")

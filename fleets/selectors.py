@@ -1,0 +1,18 @@
+"""Reads about fleets and instances, shared by API, admin and tasks."""
+
+from backends.dependents import owned_by_rows
+from fleets.models import Instance, InstanceStatus
+
+
+def owned_instance_ids(resources) -> set[str]:
+    """The provider ids among ``resources`` (tagged VMs) that an instance row owns (registered with
+    ``backends.dependents.register_owner``).
+
+    A row that is not terminated owns its ``provider_instance_id``. One with no id yet owns the VMs
+    tagged with its name: it is ``pending`` (the provisioner is creating it and records the id) or
+    ``terminating`` (the terminator finds the VM by client token). A terminated row owns nothing: a
+    VM still running for it is exactly the leak the orphan finder is for.
+    """
+    live = Instance.objects.exclude(status=InstanceStatus.TERMINATED)
+    return owned_by_rows(resources, live=live, id_field="provider_instance_id",
+                         in_flight=live.filter(provider_instance_id=""), name_tag="stackyard-instance")
