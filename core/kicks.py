@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from celery import current_app
 from celery.signals import task_prerun
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from core.models import QueuedKick
@@ -38,19 +38,29 @@ def _send(task_name: str) -> None:
     global _broker_down_until
     if time.monotonic() < _broker_down_until:
         return
-    now = timezone.now()
     try:
-        fresh = now - timedelta(seconds=KICK_STALE_SECONDS)
-        if QueuedKick.objects.filter(task_name=task_name, queued_at__gte=fresh).exists():
-            return
-        # One statement (INSERT ... ON CONFLICT DO UPDATE) on PostgreSQL and SQLite alike.
-        QueuedKick.objects.bulk_create([QueuedKick(task_name=task_name, queued_at=now)], update_conflicts=True,
-                                       unique_fields=["task_name"], update_fields=["queued_at"])
+        if not _claim_kick(task_name):
+            return  # a pass is queued already: it will see this commit's work
         _registered_task(task_name).apply_async(retry=False)
     except Exception:  # noqa: BLE001 - any broker failure is recovered by the next beat tick
         logger.warning("could not enqueue %s; the next reconcile pass will pick it up", task_name)
         _broker_down_until = time.monotonic() + BROKER_DOWN_SECONDS
         _forget_kick(task_name)
+
+
+def _claim_kick(task_name: str) -> bool:
+    """Mark a pass of the task as queued unless one was in the last ``KICK_STALE_SECONDS``; True if
+    this caller must send it. One statement on PostgreSQL and SQLite alike: of two concurrent kicks,
+    exactly one inserts (or refreshes a stale row) and gets a row back."""
+    now = timezone.now()
+    table = connection.ops.quote_name(QueuedKick._meta.db_table)
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (task_name, queued_at) VALUES (%s, %s) ON CONFLICT (task_name) DO UPDATE "
+            f"SET queued_at = excluded.queued_at WHERE {table}.queued_at < %s RETURNING task_name",
+            [task_name, adapt(now), adapt(now - timedelta(seconds=KICK_STALE_SECONDS))])
+        return cursor.fetchone() is not None
 
 
 def _registered_task(task_name: str):

@@ -167,22 +167,34 @@ def _try_finish(finishes: dict[int, Finish]) -> set[int]:
 
 def request_job_stop(*, job: Job, reason: str, actor: str = "") -> bool:
     """Stop a job: one still waiting for placement finishes at once, any other goes ``terminating``
-    (the workload reconciler stops its workload, then releases its blocks)."""
+    (the workload loop stops its workload, then releases its blocks)."""
+    return job.pk in request_jobs_stop(job_ids=[job.pk], reason=reason, actor=actor)
+
+
+def request_jobs_stop(*, job_ids, reason: str, actor: str = "") -> set[int]:
+    """``request_job_stop`` for many jobs in one transaction; the ids of the jobs that moved.
+
+    Decided by the rows, locked, not by a caller's copy: placement may have assigned a job meanwhile.
+    """
     final = JobStatus.ABORTED if reason == JobTerminationReason.ABORTED_BY_USER else JobStatus.TERMINATED
     now = timezone.now()
     with transaction.atomic():
-        # Decided by the row, not by the caller's copy: placement may have assigned it meanwhile.
-        if Job.objects.filter(pk=job.pk, status=JobStatus.SUBMITTED, instance__isnull=True).update(
-                status=final, termination_reason=reason, finished_at=now, lease_until=None, updated_at=now):
-            _job_event(job, final, reason, actor)
-            return True
+        jobs = list(Job.objects.select_for_update(of=("self",))
+                    .filter(pk__in=list(job_ids), status__in=JOB_ACTIVE_STATES).order_by("pk")
+                    .only("pk", "project_id", "name", "status", "instance_id"))
+        waiting = [j for j in jobs if j.status == JobStatus.SUBMITTED and j.instance_id is None]
+        others = [j for j in jobs if j not in waiting]
+        Job.objects.filter(pk__in=[j.pk for j in waiting]).update(
+            status=final, termination_reason=reason, finished_at=now, lease_until=None, updated_at=now)
         # The lease is dropped (owner too, so the poll that held it cannot put it back) and the job
         # goes first in line: a poll lease or a long queue never delays a stop.
-        moved = compare_and_swap(Job, pk=job.pk, allowed_from=JOB_ACTIVE_STATES, to=JobStatus.TERMINATING,
-                                 termination_reason=reason, lease_until=None, lease_owner="", last_processed_at=None)
-        if moved:
-            _job_event(job, "terminating", reason, actor)
-    return moved
+        Job.objects.filter(pk__in=[j.pk for j in others]).update(
+            status=JobStatus.TERMINATING, termination_reason=reason, lease_until=None, lease_owner="",
+            last_processed_at=None, updated_at=now)
+        Event.objects.bulk_create(
+            Event(project_id=j.project_id, resource_type="job", resource_name=j.name,
+                  kind=final if j in waiting else "terminating", message=reason, actor=actor) for j in jobs)
+    return {j.pk for j in jobs}
 
 
 def record_run_event(run: Run, kind: str, message: str = "", actor: str = "") -> None:
@@ -204,8 +216,10 @@ def start_run_termination(*, run: Run, reason: str, message: str = "", actor: st
         if not moved:
             return False
         record_run_event(run, "terminating", message or reason, actor)
-    for job in run.jobs.filter(status__in=JOB_ACTIVE_STATES).order_by("pk"):
-        request_job_stop(job=job, reason=job_reason, actor=actor)
+        request_jobs_stop(job_ids=run.jobs.filter(status__in=JOB_ACTIVE_STATES).values_list("pk", flat=True),
+                          reason=job_reason, actor=actor)
+    # Jobs that never got an instance finished at once: a run made only of them ends now.
+    _finish_if_jobs_finished(Run.objects.get(pk=run.pk))
     return True
 
 
@@ -297,7 +311,6 @@ def _settle_run(run: Run, latest: list[Job]) -> None:
     }.get(failed.termination_reason, RunTerminationReason.JOB_FAILED)
     start_run_termination(run=run, reason=reason,
                           message=f"job {failed.name} failed: {failed.status_message or failed.termination_reason}")
-    _finish_if_jobs_finished(Run.objects.get(pk=run.pk))
 
 
 def _move(run: Run, to: str, **changes) -> bool:

@@ -11,7 +11,7 @@ from core.unique import insert_once
 from fleets.models import Fleet
 from fleets.services import check_backend_references
 from projects.models import Project
-from runs.jobs import record_run_event, refresh_run_status, start_run_termination
+from runs.jobs import record_run_event, start_run_termination
 from runs.models import (
     RUN_FINISHED_STATES,
     Job,
@@ -97,10 +97,8 @@ def stop_run(*, run: Run, abort: bool = False, actor: str = "") -> Run:
             _escalate_to_abort(run, actor)
     else:
         start_run_termination(run=run, reason=reason, actor=actor)
-    refresh_run_status(run_id=run.pk)
     _kick_jobs()
-    run.refresh_from_db()
-    return run
+    return Run.objects.get(pk=run.pk)
 
 
 def _escalate_to_abort(run: Run, actor: str) -> None:

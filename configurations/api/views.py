@@ -23,6 +23,8 @@ def _serialize_resource(result) -> dict | None:
         return None
     if result.type in RESOURCE_SERIALIZERS:
         return RESOURCE_SERIALIZERS[result.type](result.resource).data
+    if result.action in ("create", "replace"):
+        return RunSerializer(result.resource).data  # just submitted: no replica runs yet, nothing to count
     run = runs_with_replica_counts().get(pk=result.resource.pk)
     return RunSerializer(run).data
 

@@ -75,3 +75,19 @@ print(len(found), set(found))
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "8 {'runs.place_jobs'}", out.stderr[-2000:]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_queued_kick_from_a_lost_message_no_longer_holds_kicks_back():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    QueuedKick.objects.create(task_name="runs.place_jobs", queued_at=timezone.now() - timedelta(minutes=1))
+    with mock.patch.object(place_jobs, "apply_async") as send:
+        with transaction.atomic():
+            kick("runs.place_jobs")
+        with transaction.atomic():
+            kick("runs.place_jobs")
+    assert send.call_count == 1
+    assert QueuedKick.objects.get().queued_at > timezone.now() - timedelta(seconds=5)
