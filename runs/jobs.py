@@ -178,9 +178,10 @@ def request_jobs_stop(*, job_ids, reason: str, actor: str = "") -> set[int]:
     """
     final = JobStatus.ABORTED if reason == JobTerminationReason.ABORTED_BY_USER else JobStatus.TERMINATED
     now = timezone.now()
-    with transaction.atomic():
+    # Inside a caller's transaction no savepoint is needed: nothing here is rolled back alone.
+    with transaction.atomic(savepoint=False):
         jobs = list(Job.objects.select_for_update(of=("self",))
-                    .filter(pk__in=list(job_ids), status__in=JOB_ACTIVE_STATES).order_by("pk")
+                    .filter(pk__in=job_ids, status__in=JOB_ACTIVE_STATES).order_by("pk")
                     .only("pk", "project_id", "name", "status", "instance_id"))
         waiting = [j for j in jobs if j.status == JobStatus.SUBMITTED and j.instance_id is None]
         others = [j for j in jobs if j not in waiting]
@@ -216,10 +217,12 @@ def start_run_termination(*, run: Run, reason: str, message: str = "", actor: st
         if not moved:
             return False
         record_run_event(run, "terminating", message or reason, actor)
-        request_jobs_stop(job_ids=run.jobs.filter(status__in=JOB_ACTIVE_STATES).values_list("pk", flat=True),
-                          reason=job_reason, actor=actor)
+        request_jobs_stop(job_ids=run.jobs.filter(status__in=JOB_ACTIVE_STATES).values("pk"), reason=job_reason,
+                          actor=actor)
     # Jobs that never got an instance finished at once: a run made only of them ends now.
-    _finish_if_jobs_finished(Run.objects.get(pk=run.pk))
+    run.status = RunStatus.TERMINATING
+    run.termination_reason, run.status_message = reason, message or reason
+    _finish_if_jobs_finished(run)
     return True
 
 
@@ -320,6 +323,8 @@ def _move(run: Run, to: str, **changes) -> bool:
         moved = compare_and_swap(Run, pk=run.pk, allowed_from=(run.status,), to=to, **changes)
         if moved:
             record_run_event(run, to, changes.get("termination_reason", ""))
+    if moved:
+        run.status = to
     return moved
 
 
@@ -339,10 +344,9 @@ def _ending(run: Run) -> tuple[str, dict]:
     return (RunStatus.TERMINATED if by_user else RunStatus.FAILED), changes
 
 
-def _finish_if_jobs_finished(run: Run) -> str:
-    """A terminating run ends once all its jobs are finished."""
+def _finish_if_jobs_finished(run: Run) -> None:
+    """A terminating run (``run`` as it is now) ends once all its jobs are finished."""
     if run.jobs.filter(status__in=JOB_ACTIVE_STATES).exists():
-        return run.status
+        return
     to, changes = _ending(run)
     _move(run, to, finished_at=timezone.now(), **changes)
-    return Run.objects.get(pk=run.pk).status

@@ -84,12 +84,14 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
 def stop_run(*, run: Run, abort: bool = False, actor: str = "") -> Run:
     """Stop (or abort) a run: it goes ``terminating`` and ends once every job is finished.
 
+    ``run`` is read by the caller (its status decides the 409); every move is a compare-and-swap, so
+    a stale copy changes nothing it should not. The run is returned as changed here.
+
     Jobs that never got an instance finish at once; jobs on instances are stopped by the job
     reconciler, which releases their blocks only once their workload is stopped. Aborting a run
     that is already terminating is allowed: it escalates the stop.
     """
     reason = RunTerminationReason.ABORTED_BY_USER if abort else RunTerminationReason.STOPPED_BY_USER
-    run = Run.objects.get(pk=run.pk)
     if run.status in RUN_FINISHED_STATES:
         raise Conflict(f"run '{run.name}' is already {run.status}", code="run_finished")
     if run.status == RunStatus.TERMINATING:
@@ -98,7 +100,7 @@ def stop_run(*, run: Run, abort: bool = False, actor: str = "") -> Run:
     else:
         start_run_termination(run=run, reason=reason, actor=actor)
     _kick_jobs()
-    return Run.objects.get(pk=run.pk)
+    return run
 
 
 def _escalate_to_abort(run: Run, actor: str) -> None:
