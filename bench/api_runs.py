@@ -94,6 +94,33 @@ def stop_stack(stack: subprocess.Popen) -> None:
         os.killpg(stack.pid, 9)
 
 
+CPU_GROUPS = (("web (gunicorn)", "gunicorn"), ("worker (celery)", "worker"), ("beat", " beat"),
+              ("postgres", "postgres"), ("redis", "redis-server"))
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each part of the stack (and the bench's clients), from /proc."""
+    tick, totals = os.sysconf("SC_CLK_TCK"), dict.fromkeys([g for g, _ in CPU_GROUPS] + ["clients (bench)"], 0.0)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if int(pid) == os.getpid():
+            totals["clients (bench)"] += used
+            continue
+        group = next((g for g, needle in CPU_GROUPS if needle in cmdline), None)
+        if group is not None:
+            totals[group] += used
+    return totals
+
+
+def cpu_delta(before: dict, after: dict) -> dict[str, float]:
+    return {group: after[group] - before[group] for group in before}
+
+
 def wait_for(predicate, timeout: float, poll: float = 0.05) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -126,8 +153,9 @@ def in_parallel(port: int, work: list, action) -> dict:
     return sent
 
 
-def terminated_at(api: Api) -> dict[str, float]:
-    events, page = {}, "/events/?resource_type=run&kind=terminated&page_size=500"
+def event_times(api: Api, kind: str) -> dict[str, float]:
+    """When each run reached ``kind``, by the server's own event log (polling only says "by now")."""
+    events, page = {}, f"/events/?resource_type=run&kind={kind}&page_size=500"
     while page:
         body = api.call("GET", page)
         for event in body["results"]:
@@ -139,20 +167,29 @@ def terminated_at(api: Api) -> dict[str, float]:
 def one_round(port: int, round_no: int) -> dict:
     api = Api(port)
     names = [f"r{round_no}-{n}" for n in range(RUNS)]
+    cpu_start = cpu_seconds()
     start = time.monotonic()
-    in_parallel(port, names, lambda a, name: a.call("POST", "/apply/", TASK.format(name=name), "application/yaml"))
+    applied = in_parallel(port, names, lambda a, name: a.call("POST", "/apply/", TASK.format(name=name),
+                                                              "application/yaml"))
     submitted = time.monotonic()
-    running = wait_for(lambda: api.count("running") >= RUNS, 120)
+    # Polled gently (the polls are API requests too); the times come from the server's events.
+    wait_for(lambda: api.count("running") >= RUNS, 120, poll=0.25)
+    cpu_placed = cpu_seconds()
+    running = max(event_times(api, "running")[name] for name in names) - min(applied.values())
+    cpu_read = cpu_seconds()  # reading the events is the bench's, not the stop's
     stop_start = time.monotonic()
     sent = in_parallel(port, names, lambda a, name: a.call("POST", f"/runs/{name}/stop/", '{"abort": false}'))
     stops_sent = time.monotonic()
-    done = wait_for(lambda: api.count("terminated") >= RUNS * (round_no + 1), 120)
-    ended = terminated_at(api)
+    wait_for(lambda: api.count("terminated") >= RUNS * (round_no + 1), 120, poll=0.25)
+    cpu_stopped = cpu_seconds()
+    ended = event_times(api, "terminated")
+    stopped = max(ended[name] for name in names) - min(sent.values())
     latencies = sorted(ended[name] - sent[name] for name in names)
     return {
-        "submit_s": submitted - start, "placed_s": running - start, "place_rate": RUNS / (running - start),
-        "stop_send_s": stops_sent - stop_start, "stopped_s": done - stop_start, "stop_rate": RUNS / (done - stop_start),
+        "submit_s": submitted - start, "placed_s": running, "place_rate": RUNS / running,
+        "stop_send_s": stops_sent - stop_start, "stopped_s": stopped, "stop_rate": RUNS / stopped,
         "stop_p50": statistics.median(latencies), "stop_p90": latencies[int(0.9 * len(latencies))],
+        "cpu_place": cpu_delta(cpu_start, cpu_placed), "cpu_stop": cpu_delta(cpu_read, cpu_stopped),
     }
 
 
@@ -216,6 +253,11 @@ def main() -> None:
               f"{r['place_rate']:.0f} runs/s | stops sent in {r['stop_send_s']:.2f} s; all terminated after "
               f"{r['stopped_s']:.2f} s = {r['stop_rate']:.0f} runs/s; stop->terminated p50 {r['stop_p50']:.3f} s, "
               f"p90 {r['stop_p90']:.3f} s")
+    for phase in ("place", "stop"):
+        spent = {g: statistics.median(r[f"cpu_{phase}"][g] for r in results) for g in results[0][f"cpu_{phase}"]}
+        print(f"CPU per run while {'placing' if phase == 'place' else 'stopping'} (median of rounds, ms): "
+              + ", ".join(f"{g} {1000 * v / RUNS:.1f}" for g, v in spent.items())
+              + f"; total {1000 * sum(spent.values()) / RUNS:.1f}")
     print(f"pgbench floor, one placement's SQL ({CLIENTS} clients, 5 s): {floor:.0f} tx/s")
 
 
