@@ -144,6 +144,18 @@ class TaggedResource:
     tags: dict = dataclasses.field(default_factory=dict)
 
 
+def one_by_one(ids: list[str], call) -> dict:
+    """``{id: call(id)}``, with the ``DriverError`` a call raised in place of its answer: the default
+    of the batched methods for providers that answer one id at a time."""
+    results: dict = {}
+    for one in ids:
+        try:
+            results[one] = call(one)
+        except DriverError as err:
+            results[one] = err
+    return results
+
+
 # --- The interface ---------------------------------------------------------------------------------
 
 
@@ -203,13 +215,7 @@ class Driver(abc.ABC):
 
         Drivers whose provider answers many at once override this; the default asks one by one.
         """
-        results: dict[str, str | DriverError] = {}
-        for instance_id in instance_ids:
-            try:
-                results[instance_id] = self.instance_state(instance_id=instance_id)
-            except DriverError as err:
-                results[instance_id] = err
-        return results
+        return one_by_one(instance_ids, lambda instance_id: self.instance_state(instance_id=instance_id))
 
     @abc.abstractmethod
     def create_volume(self, *, name: str, region: str, availability_zone: str | None, size_gb: int,
@@ -273,13 +279,7 @@ class Driver(abc.ABC):
 
         Drivers whose provider takes many at once override this; the default stops one by one.
         """
-        results: dict[str, None | DriverError] = {}
-        for workload_id in workload_ids:
-            try:
-                results[workload_id] = self.stop_job(workload_id=workload_id)
-            except DriverError as err:
-                results[workload_id] = err
-        return results
+        return one_by_one(workload_ids, lambda workload_id: self.stop_job(workload_id=workload_id))
 
     @abc.abstractmethod
     def poll_job(self, *, workload_id: str) -> JobState:
@@ -290,13 +290,7 @@ class Driver(abc.ABC):
 
         Drivers whose provider answers many at once override this; the default asks one by one.
         """
-        results: dict[str, JobState | DriverError] = {}
-        for workload_id in workload_ids:
-            try:
-                results[workload_id] = self.poll_job(workload_id=workload_id)
-            except DriverError as err:
-                results[workload_id] = err
-        return results
+        return one_by_one(workload_ids, lambda workload_id: self.poll_job(workload_id=workload_id))
 
     @abc.abstractmethod
     def list_tagged_resources(self) -> list[TaggedResource]:

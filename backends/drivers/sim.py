@@ -454,15 +454,20 @@ class SimDriver(Driver):
     @_sim_call
     def stop_jobs(self, *, workload_ids: list[str]) -> dict[str, None | DriverError]:
         """One simulated API call for many stops (read in two queries, stopped in one update)."""
-        jobs = {j.workload_id: j for j in SimJob.objects.filter(backend_id=self.backend.pk,
-                                                                 workload_id__in=workload_ids)}
-        instances = {i.instance_id: i for i in SimInstance.objects.filter(
-            backend_id=self.backend.pk, instance_id__in={j.instance_id for j in jobs.values()})}
+        jobs, instances = self._jobs_and_instances(workload_ids)
         # An outcome reached before the stop (it finished, its instance went) is kept, as stop_job does.
         still_running = [j.pk for j in jobs.values() if self._settle(j, instances).status == SimJobState.RUNNING]
         SimJob.objects.filter(pk__in=still_running, state=SimJobState.RUNNING).update(
             state=SimJobState.STOPPED, exit_status=None, message="stopped", ended_at=timezone.now())
         return {w: None if w in jobs else NotFoundError(f"no workload {w}") for w in workload_ids}
+
+    def _jobs_and_instances(self, workload_ids: list[str]) -> tuple[dict, dict]:
+        """The workloads by id and their instances by id, in two queries."""
+        jobs = {j.workload_id: j for j in SimJob.objects.filter(backend_id=self.backend.pk,
+                                                                 workload_id__in=workload_ids)}
+        instances = {i.instance_id: i for i in SimInstance.objects.filter(
+            backend_id=self.backend.pk, instance_id__in={j.instance_id for j in jobs.values()})}
+        return jobs, instances
 
     @_sim_call
     def poll_job(self, *, workload_id: str) -> JobState:
@@ -471,10 +476,7 @@ class SimDriver(Driver):
     @_sim_call
     def poll_jobs(self, *, workload_ids: list[str]) -> dict[str, JobState | DriverError]:
         """One simulated API call for many workloads (jobs and their instances read in two queries)."""
-        jobs = {j.workload_id: j for j in SimJob.objects.filter(backend_id=self.backend.pk,
-                                                                 workload_id__in=workload_ids)}
-        instances = {i.instance_id: i for i in SimInstance.objects.filter(
-            backend_id=self.backend.pk, instance_id__in={j.instance_id for j in jobs.values()})}
+        jobs, instances = self._jobs_and_instances(workload_ids)
         return {w: self._settle(jobs[w], instances) if w in jobs else NotFoundError(f"no workload {w}")
                 for w in workload_ids}
 
