@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS, CLIENTS, INSTANCES, BLOCKS = 200, 8, 25, 8
+EXTRA = os.environ.get("BENCH_RUNSTACK_ARGS", "").split()  # e.g. "--concurrency 4" to compare settings
 TOKEN = "bench" + secrets.token_hex(16)
 TASK = "type: task\nname: {name}\ncommands: [serve]\nresources: {{gpu: 1}}\nfleets: [gpu8]\n"
 FLEET = f"type: fleet\nname: gpu8\nnodes: {INSTANCES}\nresources: {{gpu: H100:8}}\nblocks: {BLOCKS}\n"
@@ -73,7 +74,7 @@ def reset_database(env: dict) -> None:
 
 
 def start_stack(env: dict, port: int) -> subprocess.Popen:
-    stack = subprocess.Popen([sys.executable, "manage.py", "runstack", "--port", str(port)], cwd=ROOT, env=env,
+    stack = subprocess.Popen([sys.executable, "manage.py", "runstack", "--port", str(port), *EXTRA], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
