@@ -54,10 +54,15 @@ class Step:
 
 class Drivers:
     """One driver per backend for the length of a pass; a backend whose driver cannot be built
-    (an invalid stored config) gives that error instead, as every call on it would."""
+    (an invalid stored config) gives that error instead, as every call on it would.
 
-    def __init__(self, factory: Callable):
+    ``errors`` is the provider's error type: a call that raises it answers that error for its rows;
+    anything else is a bug and fails the whole batch (see ``Reconciler._batch``).
+    """
+
+    def __init__(self, factory: Callable, *, errors: type[Exception]):
         self._factory = factory
+        self._errors = errors
         self._drivers: dict[int, object] = {}
 
     def get(self, backend):
@@ -70,6 +75,17 @@ class Drivers:
         if isinstance(driver, Exception):
             raise driver
         return driver
+
+    def ask(self, rows: list, backend_of: Callable, call: Callable) -> dict[int, object]:
+        """One provider call per backend: ``call(driver, group)`` answers ``{row.pk: answer}`` for the
+        rows of one backend; a call that fails answers its error for every row of its group."""
+        answers: dict[int, object] = {}
+        for group in group_by(rows, lambda row: backend_of(row).pk).values():
+            try:
+                answers.update(call(self.get(backend_of(group[0])), group))
+            except self._errors as err:
+                answers.update((row.pk, err) for row in group)
+        return answers
 
 
 def group_by(rows: Iterable, key: Callable) -> dict:

@@ -17,10 +17,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from backends.drivers.base import DriverError, NoCapacityError, NotFoundError, Offer, TransientError
-from backends.drivers.registry import get_driver
+from backends.drivers.registry import pass_drivers
 from core.events import record_event
 from core.kicks import kick
-from core.pipeline import Drivers, Reconciler, Step, group_by
+from core.pipeline import Reconciler, Step
 from core.transitions import compare_and_swap
 from fleets.holders import held
 from fleets.models import INSTANCE_UP_STATES, Instance, InstanceStatus
@@ -57,7 +57,7 @@ class _InstanceLoop(Reconciler):
     model = Instance
 
     def __init__(self):
-        self.drivers = Drivers(get_driver)
+        self.drivers = pass_drivers()
 
     def load(self, pks):
         return list(Instance.objects.filter(pk__in=pks).select_related("backend", "fleet", "project").order_by("pk"))
@@ -137,16 +137,11 @@ class Poller(_InstanceLoop):
         return Q(status__in=live) & ~Q(provider_instance_id="")
 
     def call(self, rows):
-        results = {}
-        for group in group_by(rows, lambda i: i.backend_id).values():
-            try:
-                states = self.drivers.get(group[0].backend).instance_states(
-                    instance_ids=[i.provider_instance_id for i in group])
-            except DriverError as err:
-                states = {i.provider_instance_id: err for i in group}
-            for instance in group:
-                results[instance.pk] = states.get(instance.provider_instance_id)
-        return results
+        def poll(driver, group):
+            states = driver.instance_states(instance_ids=[instance.provider_instance_id for instance in group])
+            return {instance.pk: states.get(instance.provider_instance_id) for instance in group}
+
+        return self.drivers.ask(rows, lambda instance: instance.backend, poll)
 
     def record(self, instance, state) -> Step:
         interval = PROVISIONING_POLL_SECONDS if instance.status == InstanceStatus.PROVISIONING else UP_POLL_SECONDS

@@ -5,9 +5,9 @@ that are going or gone. No transaction spans a driver call; starts and polls are
 
 from django.db.models import Q
 
-from backends.drivers.base import DriverError, JobLaunch, NotFoundError, TransientError
-from backends.drivers.registry import get_driver
-from core.pipeline import Drivers, Reconciler, Step, group_by
+from backends.drivers.base import JobLaunch, NotFoundError, TransientError
+from backends.drivers.registry import pass_drivers
+from core.pipeline import Reconciler, Step
 from fleets.models import INSTANCE_UP_STATES, InstanceStatus
 from runs.jobs import (
     Finish,
@@ -34,7 +34,7 @@ class _JobLoop(Reconciler):
     lease_seconds = 30
 
     def __init__(self):
-        self.drivers = Drivers(get_driver)
+        self.drivers = pass_drivers()
         self.touched_runs: set[int] = set()
 
     def load(self, pks):
@@ -56,17 +56,13 @@ class Starter(_JobLoop):
         return Q(status=JobStatus.PROVISIONING, instance__status__in=INSTANCE_UP_STATES)
 
     def call(self, rows):
-        results = {}
-        for group in group_by(rows, lambda j: j.instance.backend_id).values():
+        def start(driver, group):
             launches = [JobLaunch(job_name=job.name, instance_id=job.instance.provider_instance_id,
                                   commands=job.run.spec.get("commands", []), env=_env(job),
                                   client_token=f"stackyard-job-{job.pk}") for job in group]
-            try:
-                started = self.drivers.get(group[0].instance.backend).start_jobs(jobs=launches)
-            except DriverError as err:
-                started = [err] * len(group)
-            results.update({job.pk: result for job, result in zip(group, started, strict=True)})
-        return results
+            return dict(zip((job.pk for job in group), driver.start_jobs(jobs=launches), strict=True))
+
+        return self.drivers.ask(rows, _backend, start)
 
     def record_batch(self, rows, results):
         steps, started = {}, []
@@ -88,6 +84,10 @@ class Starter(_JobLoop):
         return steps
 
 
+def _backend(job: Job):
+    return job.instance.backend
+
+
 def _env(job: Job) -> dict:
     spec = job.run.spec
     return {**spec.get("env", {}), "DSTACK_NODES_NUM": str(spec.get("nodes", 1)),
@@ -102,20 +102,16 @@ class Stopper(_JobLoop):
         return Q(status=JobStatus.TERMINATING)
 
     def call(self, rows):
-        results = {job.pk: None for job in rows}
+        def stop(driver, group):
+            stopped = driver.stop_jobs(workload_ids=[job.workload_id for job in group])
+            return {job.pk: stopped.get(job.workload_id) for job in group}
+
         started = [job for job in rows if job.workload_id and job.instance is not None
                    and job.instance.backend is not None]
-        for group in group_by(started, lambda j: j.instance.backend_id).values():
-            try:
-                stopped = self.drivers.get(group[0].instance.backend).stop_jobs(
-                    workload_ids=[j.workload_id for j in group])
-            except DriverError as err:
-                stopped = {j.workload_id: err for j in group}
-            for job in group:
-                outcome = stopped.get(job.workload_id)
-                # Not found: nothing is left to stop.
-                results[job.pk] = None if isinstance(outcome, NotFoundError) else outcome
-        return results
+        answers = self.drivers.ask(started, _backend, stop)
+        # Never started, or not found at the provider: nothing is left to stop.
+        return {job.pk: None if isinstance(answers.get(job.pk), NotFoundError) else answers.get(job.pk)
+                for job in rows}
 
     def record_batch(self, rows, results):
         steps, finishes = {}, []
@@ -138,15 +134,11 @@ class Poller(_JobLoop):
         return Q(status=JobStatus.RUNNING) & ~Q(workload_id="")
 
     def call(self, rows):
-        results = {}
-        for group in group_by(rows, lambda j: j.instance.backend_id).values():
-            try:
-                states = self.drivers.get(group[0].instance.backend).poll_jobs(
-                    workload_ids=[j.workload_id for j in group])
-            except DriverError as err:
-                states = {j.workload_id: err for j in group}
-            results.update({job.pk: states.get(job.workload_id) for job in group})
-        return results
+        def poll(driver, group):
+            states = driver.poll_jobs(workload_ids=[job.workload_id for job in group])
+            return {job.pk: states.get(job.workload_id) for job in group}
+
+        return self.drivers.ask(rows, _backend, poll)
 
     def record(self, job, state) -> Step:
         if isinstance(state, Exception) or state is None:

@@ -12,9 +12,9 @@ from django.db import transaction
 from django.db.models import Q
 
 from backends.drivers.base import DriverError, NotFoundError, TransientError
-from backends.drivers.registry import get_driver
+from backends.drivers.registry import pass_drivers
 from core.events import record_event
-from core.pipeline import Drivers, Reconciler, Step
+from core.pipeline import Reconciler, Step
 from core.transitions import compare_and_swap
 from volumes.models import Volume, VolumeStatus
 
@@ -38,7 +38,7 @@ class _VolumeLoop(Reconciler):
     model = Volume
 
     def __init__(self):
-        self.drivers = Drivers(get_driver)
+        self.drivers = pass_drivers()
 
     def load(self, pks):
         return list(Volume.objects.filter(pk__in=pks).select_related("backend", "project").order_by("pk"))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from backends.drivers.base import Driver
+from backends.drivers.base import Driver, DriverError
 from backends.drivers.sim import SimDriver
 from core.errors import InvalidInput
+from core.pipeline import Drivers
 
 if TYPE_CHECKING:
     from backends.models import Backend
@@ -36,3 +37,8 @@ def driver_class(type_name: str) -> type[Driver]:
 def get_driver(backend: Backend) -> Driver:
     """A driver bound to ``backend`` (its config validated; see ``Driver.__init__``)."""
     return driver_class(backend.type)(backend)
+
+
+def pass_drivers() -> Drivers:
+    """The drivers of one reconcile pass: built once per backend, ``DriverError`` answered per row."""
+    return Drivers(get_driver, errors=DriverError)

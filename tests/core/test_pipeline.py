@@ -124,3 +124,29 @@ def test_a_slow_batch_keeps_its_lease_so_nobody_repeats_its_calls(instances):
 
     Slow(batch_size=5).run()
     assert taken_over == []  # 2 s of calls on a 1 s lease, and no row was claimed by anyone else
+
+
+def test_drivers_ask_one_call_per_backend_and_a_failure_answers_only_its_rows():
+    from types import SimpleNamespace
+
+    from core.pipeline import Drivers
+
+    class ProviderDown(Exception):
+        pass
+
+    a, b = SimpleNamespace(pk=1, name="a"), SimpleNamespace(pk=2, name="b")
+    rows = [SimpleNamespace(pk=n, backend=backend) for n, backend in ((10, a), (11, b), (12, a))]
+    calls = []
+
+    def call(driver, group):
+        calls.append((driver, [row.pk for row in group]))
+        if driver == "driver-b":
+            raise ProviderDown("throttled")
+        return {row.pk: "ok" for row in group}
+
+    drivers = Drivers(lambda backend: f"driver-{backend.name}", errors=ProviderDown)
+    answers = drivers.ask(rows, lambda row: row.backend, call)
+    assert calls == [("driver-a", [10, 12]), ("driver-b", [11])]
+    assert answers[10] == answers[12] == "ok" and isinstance(answers[11], ProviderDown)
+    with pytest.raises(KeyError):  # not the provider's error: a bug, which fails the whole batch
+        drivers.ask(rows, lambda row: row.backend, lambda driver, group: {}[0])
