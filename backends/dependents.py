@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from django.db.models import Count
 
+from backends.drivers.base import TAG_PROJECT
+
 _LIVE: dict[str, Callable] = {}
 _LIVE_FILTERS: dict[str, Callable] = {}
 _TERMINATORS: dict[str, Callable] = {}
@@ -77,13 +79,13 @@ def owned_by_rows(resources, *, live, id_field: str, in_flight, name_tag: str) -
     """What an owner registered with ``register_owner`` usually answers, for rows with a ``project``
     and a ``name``: the rows of ``live`` own the provider ids in their ``id_field``; the rows of
     ``in_flight`` (live, no provider id yet) own the resources tagged with their project and their
-    name (``stackyard-project`` and ``name_tag``)."""
+    name (``TAG_PROJECT`` and ``name_tag``)."""
     ids = {r.provider_id for r in resources}
     owned = set(live.filter(**{f"{id_field}__in": ids}).values_list(id_field, flat=True))
     by_name: dict[tuple[str, str], list[str]] = {}
     for r in resources:
         if r.provider_id not in owned and r.tags.get(name_tag):
-            by_name.setdefault((r.tags.get("stackyard-project", ""), r.tags[name_tag]), []).append(r.provider_id)
+            by_name.setdefault((r.tags.get(TAG_PROJECT, ""), r.tags[name_tag]), []).append(r.provider_id)
     if by_name:
         names = {name for _, name in by_name}
         for key in in_flight.filter(name__in=names).values_list("project__name", "name"):

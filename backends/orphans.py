@@ -28,7 +28,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from backends.dependents import owned_provider_ids
-from backends.drivers.base import DriverError, NotFoundError, TaggedResource, TransientError
+from backends.drivers.base import TAG_PROJECT, DriverError, NotFoundError, TaggedResource, TransientError
 from backends.drivers.orphan_policy import orphan_policy
 from backends.drivers.registry import get_driver, supported_types
 from backends.models import Backend, Orphan, OrphanKind, OrphanStatus
@@ -62,7 +62,7 @@ def provider_error(backend: Backend, err: DriverError) -> ProviderError:
 
 def orphaned(backend: Backend, resources: list[TaggedResource]) -> list[TaggedResource]:
     """The resources of this backend's project that no row owns. Call it after listing ``resources``."""
-    mine = [r for r in resources if r.tags.get("stackyard-project") == backend.project.name]
+    mine = [r for r in resources if r.tags.get(TAG_PROJECT) == backend.project.name]
     owned = owned_provider_ids(mine)
     return [r for r in mine if r.provider_id not in owned]
 

@@ -16,7 +16,14 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from backends.drivers.base import DriverError, NoCapacityError, NotFoundError, Offer, TransientError
+from backends.drivers.base import (
+    DriverError,
+    NoCapacityError,
+    NotFoundError,
+    Offer,
+    TransientError,
+    managed_tags,
+)
 from backends.drivers.registry import pass_drivers
 from core.events import record_event
 from core.kicks import kick
@@ -43,8 +50,7 @@ def client_token(instance: Instance) -> str:
 
 def tags(instance: Instance) -> dict[str, str]:
     """The tags every VM we create carries (the orphan finder reads them back)."""
-    return {"stackyard-managed": "true", "stackyard-project": instance.project.name,
-            "stackyard-fleet": instance.fleet.name, "stackyard-instance": instance.name}
+    return managed_tags(project=instance.project.name, fleet=instance.fleet.name, instance=instance.name)
 
 
 def offer_of(instance: Instance) -> Offer:

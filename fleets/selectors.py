@@ -1,6 +1,7 @@
 """Reads about fleets and instances, shared by API, admin and tasks."""
 
 from backends.dependents import owned_by_rows
+from backends.drivers.base import TAG_INSTANCE
 from fleets.models import Instance, InstanceStatus
 
 
@@ -15,4 +16,4 @@ def owned_instance_ids(resources) -> set[str]:
     """
     live = Instance.objects.exclude(status=InstanceStatus.TERMINATED)
     return owned_by_rows(resources, live=live, id_field="provider_instance_id",
-                         in_flight=live.filter(provider_instance_id=""), name_tag="stackyard-instance")
+                         in_flight=live.filter(provider_instance_id=""), name_tag=TAG_INSTANCE)

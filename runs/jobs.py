@@ -128,8 +128,9 @@ def finish_jobs(finishes: list[Finish]) -> set[int]:
             break
         done = _try_finish(pending)
         finished |= done
-        pending = {pk: f for pk, f in pending.items()
-                   if pk not in done and Job.objects.filter(pk=pk, status__in=JOB_ACTIVE_STATES).exists()}
+        unfinished = set(Job.objects.filter(pk__in=set(pending) - done, status__in=JOB_ACTIVE_STATES)
+                         .values_list("pk", flat=True)) if len(done) < len(pending) else set()
+        pending = {pk: f for pk, f in pending.items() if pk in unfinished}
     return finished
 
 

@@ -11,7 +11,7 @@ import logging
 from django.db import transaction
 from django.db.models import Q
 
-from backends.drivers.base import DriverError, NotFoundError, TransientError
+from backends.drivers.base import DriverError, NotFoundError, TransientError, managed_tags
 from backends.drivers.registry import pass_drivers
 from core.events import record_event
 from core.pipeline import Reconciler, Step
@@ -31,7 +31,7 @@ def client_token(volume: Volume) -> str:
 
 
 def tags(volume: Volume) -> dict[str, str]:
-    return {"stackyard-managed": "true", "stackyard-project": volume.project.name, "stackyard-volume": volume.name}
+    return managed_tags(project=volume.project.name, volume=volume.name)
 
 
 class _VolumeLoop(Reconciler):

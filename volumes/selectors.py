@@ -1,6 +1,7 @@
 """Reads about volumes, shared by API, admin and tasks."""
 
 from backends.dependents import owned_by_rows
+from backends.drivers.base import TAG_VOLUME
 from volumes.models import Volume, VolumeStatus
 
 # The states in which a volume with no provider id may still get one: being created (the provisioner
@@ -15,4 +16,4 @@ def owned_volume_ids(resources) -> set[str]:
     live = Volume.objects.exclude(status=VolumeStatus.DELETED)
     in_flight = Volume.objects.filter(status__in=IN_FLIGHT_STATES, volume_id="")
     return owned_by_rows(resources, live=live, id_field="volume_id", in_flight=in_flight,
-                         name_tag="stackyard-volume")
+                         name_tag=TAG_VOLUME)

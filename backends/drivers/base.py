@@ -156,6 +156,23 @@ def one_by_one(ids: list[str], call) -> dict:
     return results
 
 
+# --- Tags ---------------------------------------------------------------------------------------
+
+# Every provider resource this control plane creates carries these tags: the orphan finder reads them
+# back (``list_tagged_resources``) to tell ours apart and to find the row a resource was made for.
+TAG_MANAGED = "stackyard-managed"
+TAG_PROJECT = "stackyard-project"
+TAG_FLEET = "stackyard-fleet"
+TAG_INSTANCE = "stackyard-instance"
+TAG_VOLUME = "stackyard-volume"
+
+
+def managed_tags(*, project: str, fleet: str = "", instance: str = "", volume: str = "") -> dict[str, str]:
+    """The tags of a resource we create: ``managed_tags(project="main", fleet="gpu8", instance="gpu8-0")``."""
+    named = {TAG_FLEET: fleet, TAG_INSTANCE: instance, TAG_VOLUME: volume}
+    return {TAG_MANAGED: "true", TAG_PROJECT: project, **{tag: name for tag, name in named.items() if name}}
+
+
 # --- The interface ---------------------------------------------------------------------------------
 
 

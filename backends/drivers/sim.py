@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from backends.drivers import sim_catalogue
 from backends.drivers.base import (
+    TAG_MANAGED,
     Driver,
     DriverError,
     FatalError,
@@ -44,6 +45,7 @@ from backends.drivers.base import (
     TaggedResource,
     TransientError,
     VolumeInfo,
+    managed_tags,
 )
 
 # validate_fault is part of this module's service API (with add_fault, list_faults, clear_faults).
@@ -59,8 +61,6 @@ from backends.sim_models import (
 )
 
 LIVE_INSTANCE_STATES = (SimInstanceState.PROVISIONING, SimInstanceState.RUNNING)
-# The tag that marks a resource as created by this control plane (list_tagged_resources).
-MANAGED_TAG = "stackyard-managed"
 # AWS recommends /dev/sdf../dev/sdp for data volumes; the sim hands them out in order.
 DEVICE_NAMES = [f"/dev/sd{letter}" for letter in "fghijklmnop"]
 _SEPARATOR = re.compile(r"&&|;|\n")
@@ -530,7 +530,7 @@ class SimDriver(Driver):
                                     dict(i.tags)) for i in instances]
         resources += [TaggedResource("volume", v.volume_id, v.name, v.region, v.availability_zone, v.created_at,
                                      dict(v.tags)) for v in volumes]
-        return [r for r in resources if r.tags.get(MANAGED_TAG) == "true"]
+        return [r for r in resources if r.tags.get(TAG_MANAGED) == "true"]
 
     def plant_orphan(self, *, region: str, name: str = "") -> SimInstance:
         """A running VM tagged as ours that no control-plane row knows (the ``orphan_instance`` fault).
@@ -542,8 +542,7 @@ class SimDriver(Driver):
             raise FatalError(f"region {region!r} is not one of this backend's regions: {', '.join(zones)}")
         name = name or _new_id("ghost")
         itype = self.settings["instance_types"][0]
-        tags = {MANAGED_TAG: "true", "stackyard-project": self.backend.project.name, "stackyard-fleet": "ghost",
-                "stackyard-instance": name}
+        tags = managed_tags(project=self.backend.project.name, fleet="ghost", instance=name)
         return SimInstance.objects.create(
             backend_id=self.backend.pk, instance_id=_new_id("i"), tags=tags, name=name, region=region,
             availability_zone=zones[region][0], instance_type=itype["name"], price=itype["price"],
