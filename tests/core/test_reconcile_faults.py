@@ -243,3 +243,19 @@ def test_two_passes_growing_one_fleet_stop_at_its_minimum(project):
     assert not first_errors and not second_errors
     assert Instance.objects.filter(fleet__name="elastic").count() == 4
     assert backend.instances.count() == 4
+
+
+def test_a_volume_created_for_a_row_that_is_gone_is_deleted_at_once(project):
+    from backends.models import SimVolume
+    from volumes.models import Volume
+    from volumes.provisioning import process_volumes
+
+    backend = factories.BackendFactory(project=project, name="slow", config={"latency": 1.0})
+    volume = factories.VolumeFactory(project=project, backend=backend, name="data", volume_id="", status="submitted",
+                                     client_token="stackyard-test-gone")
+    thread, errors = _in_thread(process_volumes)
+    time.sleep(0.5)  # the provisioner is inside the 1 s create call
+    Volume.objects.filter(pk=volume.pk).delete()
+    thread.join(30)
+    assert not errors
+    assert list(SimVolume.objects.filter(backend=backend).values_list("state", flat=True)) == ["deleted"]

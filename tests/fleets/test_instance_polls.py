@@ -67,3 +67,27 @@ def test_an_aborted_run_says_it_was_aborted_not_aborting(sim_backend, api, apply
     body = api.get(runs + "train/").json()
     assert (body["status"], body["termination_reason"]) == ("terminated", "aborted_by_user")
     assert body["status_message"] == "aborted by the user"
+
+
+def test_a_job_placed_on_an_instance_that_never_came_up_goes_back_to_the_queue(project, sim_backend):
+    """No capacity for the instance a job was placed on: the job loop requeues it (blocks released),
+    rather than failing a run that never started."""
+    from core.models import Event
+    from fleets.instances import lose_instance
+    from runs.jobs import assign_job_to_instance
+    from runs.models import Job
+    from runs.workloads import Evictor
+    from tests import factories
+
+    fleet = factories.FleetFactory(project=project, name="elastic")
+    instance = factories.InstanceFactory(fleet=fleet, backend=sim_backend, status="pending", total_blocks=8)
+    run = factories.RunFactory(project=project, name="train", status="provisioning")
+    job = Job.objects.create(project=project, run=run, name="train-0-0")
+    assert assign_job_to_instance(job=job, instance=instance, blocks=2)
+    assert lose_instance(Instance.objects.get(pk=instance.pk), reason="no_capacity", message="no capacity: eu")
+    Evictor().run()
+    job.refresh_from_db()
+    assert (job.status, job.instance_id, job.blocks) == ("submitted", None, 0)
+    assert "no capacity" in job.status_message
+    assert Instance.objects.get(pk=instance.pk).busy_blocks == 0
+    assert Event.objects.filter(resource_name="train-0-0", kind="requeued").exists()
