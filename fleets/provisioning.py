@@ -117,8 +117,7 @@ def _fit(backend: Backend, offer: Offer, fleet_spec: dict, run_spec: dict | None
     return backend, offer, total
 
 
-def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, whole_instance: bool = False,
-               up_to: int | None = None):
+def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, up_to: int | None = None):
     """Add one ``pending`` instance to ``fleet`` (sized for ``run_spec`` if given); (instance, why).
 
     ``up_to``: only while the fleet has fewer live instances than that, counted under the fleet's row

@@ -227,15 +227,12 @@ def start_run_termination(*, run: Run, reason: str, message: str = "", actor: st
     return True
 
 
-def refresh_run_status(*, run_id: int) -> str:
-    """Derive a run's status from its latest jobs (the run's own transitions all happen here)."""
-    refresh_run_statuses([run_id])
-    return Run.objects.values_list("status", flat=True).get(pk=run_id)
-
-
 def refresh_run_statuses(run_ids, *, _rounds: int = 3) -> None:
-    """``refresh_run_status`` for many runs in a few queries: simple moves (to provisioning,
-    running, done) are applied per group with one guarded update; failures and endings go one by one."""
+    """Derive runs' statuses from their latest jobs (the runs' own transitions all happen here).
+
+    A few queries for many runs: moves to provisioning or running, and the ends of terminating runs,
+    are applied per group with one guarded update; failures and completions go one by one. A run that
+    moved meanwhile is derived again from fresh rows (``_rounds`` times at most)."""
     runs = {run.pk: run for run in Run.objects.filter(pk__in=set(run_ids)).exclude(status__in=RUN_FINISHED_STATES)}
     jobs_by_run: dict[int, dict[tuple[int, int], Job]] = {pk: {} for pk in runs}
     busy_runs = set()
@@ -300,9 +297,7 @@ def _move_group(group: list[Run], source: str, target: str, **changes) -> set[in
 
 
 def _settle_run(run: Run, latest: list[Job]) -> None:
-    if run.status == RunStatus.TERMINATING:
-        _finish_if_jobs_finished(run)
-        return
+    """A run that is not terminating and whose jobs all ended: ``done``, or terminating with its failure."""
     failed = next((job for job in latest if job.status in (JobStatus.FAILED, JobStatus.ABORTED, JobStatus.TERMINATED)),
                   None)
     if failed is None:

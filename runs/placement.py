@@ -189,7 +189,7 @@ def _growable_fleets(run: Run):
 def _place_on_new_instance(job: Job, attempt: Attempt, current: Pass) -> bool:
     """Grow an elastic fleet by one instance sized for the job, and assign the job to it."""
     for fleet in _growable_fleets(job.run):
-        instance, why = grow_fleet(fleet=fleet, run_spec=job.run.spec, whole_instance=False)
+        instance, why = grow_fleet(fleet=fleet, run_spec=job.run.spec)
         if instance is None:
             attempt.add(f"fleet {fleet.name}", why)
             continue
