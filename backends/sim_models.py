@@ -47,6 +47,9 @@ class SimFaultKind(models.TextChoices):
     INTERRUPT_INSTANCE = "interrupt_instance"
     API_ERRORS = "api_errors"
     ORPHAN_INSTANCE = "orphan_instance"
+    SLOW_DETACH = "slow_detach"
+    STUCK_ATTACH = "stuck_attach"
+    FAIL_VOLUME_CREATE = "fail_volume_create"
 
 
 class SimInstance(models.Model):
@@ -99,6 +102,8 @@ class SimVolume(models.Model):
     device_name = models.CharField(max_length=32, blank=True, default="")
     detach_requested = models.BooleanField(default=False)
     detach_forced = models.BooleanField(default=False)
+    # How many times ``is_volume_detached`` has been asked since the detach was requested.
+    detach_polls = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
@@ -126,6 +131,8 @@ class SimJob(models.Model):
     instance_id = models.CharField(max_length=64, db_index=True)
     commands = models.JSONField(default=list)
     env = models.JSONField(default=dict)
+    # What the workload mounts: [{"path", "volume_id", "device_name"} | {"path", "instance_path"}].
+    mounts = models.JSONField(default=list)
     state = models.CharField(max_length=16, choices=SimJobState.choices, default=SimJobState.RUNNING)
     started_at = models.DateTimeField()
     finishes_at = models.DateTimeField(null=True, blank=True)

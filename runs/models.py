@@ -126,6 +126,9 @@ class Job(Leased):
     blocks = models.PositiveIntegerField(default=0)
     volumes = models.JSONField(default=list, blank=True)
     workload_id = models.CharField(max_length=128, blank=True, default="")
+    # When the provider confirmed the workload stopped (or saw it end): a terminating job then
+    # waits only for its volumes to detach.
+    workload_stopped_at = models.DateTimeField(null=True, blank=True)
     submitted_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -38,6 +38,9 @@ class Volume(Leased):
     region = models.CharField(max_length=64)
     availability_zone = models.CharField(max_length=64, blank=True, default="")
     size_gb = models.PositiveIntegerField(null=True, blank=True)
+    # Delete a volume Stackyard created once nothing has used it for this long (dstack's
+    # ``auto_cleanup_duration``); None: keep it until the user deletes it.
+    auto_cleanup_seconds = models.PositiveIntegerField(null=True, blank=True)
     volume_id = models.CharField(max_length=128, blank=True, default="")
     client_token = models.CharField(max_length=64, blank=True, default="", editable=False)
     external = models.BooleanField(default=False)
@@ -72,11 +75,13 @@ ATTACHMENT_LIVE_STATES = (
 )
 
 
-class VolumeAttachment(models.Model):
+class VolumeAttachment(Leased):
     """A volume attached (or being attached/detached) to an instance for a job.
 
     A volume has at most one attachment that is not ``detached`` (database constraint); a failed
     attachment stays live until a detach is confirmed, because the provider may still hold it.
+    The attach and detach loops share the row's lease, so an attach call and a detach call for one
+    attachment never run at once.
     """
 
     volume = models.ForeignKey(Volume, on_delete=models.CASCADE, related_name="attachments")
@@ -86,6 +91,11 @@ class VolumeAttachment(models.Model):
     force = models.BooleanField(default=False)
     device_name = models.CharField(max_length=64, blank=True, default="")
     error = models.TextField(blank=True, default="")
+    # What the provider has been asked so far: a detach (and a forced one) is sent once, then polled.
+    detach_sent = models.BooleanField(default=False, editable=False)
+    force_sent = models.BooleanField(default=False, editable=False)
+    # When the detach turns forced if it has not completed (the run's ``stop_duration``); None: never.
+    force_after = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     attached_at = models.DateTimeField(null=True, blank=True)
     detach_requested_at = models.DateTimeField(null=True, blank=True)
@@ -100,6 +110,7 @@ class VolumeAttachment(models.Model):
                 name="volume_at_most_one_live_attachment",
             )
         ]
+        indexes = [models.Index(fields=["status", "last_processed_at"], name="attachment_due_idx")]
 
     def __str__(self) -> str:
         return f"{self.volume} on {self.instance} ({self.status})"

@@ -118,6 +118,10 @@ class JobLaunch:
     # A start retried with the same token (after a crash or a lost reply) answers the workload the
     # first start made instead of starting a second one.
     client_token: str = ""
+    # What the workload mounts, in the configuration's order: a network volume attached to the
+    # instance ``{"path", "volume_id", "device_name"}`` or a directory of the instance
+    # ``{"path", "instance_path"}`` (dstack's instance volumes).
+    mounts: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,27 +250,35 @@ class Driver(abc.ABC):
     def find_volume(self, *, client_token: str) -> VolumeInfo | None:
         """The volume a create with ``client_token`` made, if it made one."""
 
-    @abc.abstractmethod
-    def register_volume(self, *, volume_id: str) -> VolumeInfo:
-        """Describe an existing volume the user wants to use (``external`` volumes)."""
+    # The volume calls below take the volume's ``region`` (and zone, where it matters): a provider
+    # whose API is regional (EC2, EBS) needs it to find the volume; "" means "any region" for drivers
+    # that do not care (the sim checks it when given).
 
     @abc.abstractmethod
-    def delete_volume(self, *, volume_id: str) -> None:
+    def register_volume(self, *, volume_id: str, region: str = "") -> VolumeInfo:
+        """Describe an existing volume the user wants to use (``external`` volumes);
+        ``NotFoundError`` if ``region`` has no such volume."""
+
+    @abc.abstractmethod
+    def delete_volume(self, *, volume_id: str, region: str = "") -> None:
         """Delete the volume; ``FatalError`` while attached; a no-op if already deleted."""
 
     @abc.abstractmethod
-    def attach_volume(self, *, volume_id: str, instance_id: str) -> str:
+    def attach_volume(self, *, volume_id: str, instance_id: str, region: str = "",
+                      availability_zone: str = "") -> str:
         """Attach the volume to the instance and return the device name.
 
-        ``FatalError`` if the volume is attached elsewhere or lives in another region or zone.
+        ``FatalError`` if the volume is attached elsewhere or lives in another region or zone;
+        ``TransientError`` while the attach is still in progress (asking again is safe).
         """
 
     @abc.abstractmethod
-    def detach_volume(self, *, volume_id: str, instance_id: str, force: bool) -> None:
-        """Request the detach; completion is confirmed by ``is_volume_detached`` only."""
+    def detach_volume(self, *, volume_id: str, instance_id: str, force: bool, region: str = "") -> None:
+        """Request the detach; completion is confirmed by ``is_volume_detached`` only. A detach
+        error is an error, never a sign that the volume is detached."""
 
     @abc.abstractmethod
-    def is_volume_detached(self, *, volume_id: str, instance_id: str) -> bool:
+    def is_volume_detached(self, *, volume_id: str, instance_id: str, region: str = "") -> bool:
         """True once the volume is no longer attached to that instance."""
 
     @abc.abstractmethod
