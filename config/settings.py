@@ -203,6 +203,9 @@ FAST_RECONCILERS = (
     "fleets.process_instances",
     "fleets.terminate_instances",
     "volumes.process_volumes",
+    "volumes.attach_volumes",
+    "volumes.detach_volumes",
+    "volumes.enforce_stop_durations",
 )
 CELERY_BEAT_SCHEDULE = {name: _every(RECONCILE_INTERVAL, name) for name in FAST_RECONCILERS}
 CELERY_BEAT_SCHEDULE["fleets.verify_block_counts"] = _every(VERIFY_BLOCKS_INTERVAL, "fleets.verify_block_counts")
@@ -210,6 +213,9 @@ ORPHAN_SCAN_INTERVAL = float(os.environ.get("STACKYARD_ORPHAN_SCAN_INTERVAL", "6
 CELERY_BEAT_SCHEDULE["backends.find_orphans"] = _every(ORPHAN_SCAN_INTERVAL, "backends.find_orphans")
 # /healthz answers 503 when a fast reconciler has not finished a pass for this long (ops/health.py).
 STALL_SECONDS = float(os.environ.get("STACKYARD_STALL_SECONDS") or max(60.0, 30 * RECONCILE_INTERVAL))
+
+# An attach that has not completed after this many seconds fails its job (volume_error).
+ATTACH_TIMEOUT = float(os.environ.get("STACKYARD_ATTACH_TIMEOUT", "600"))
 
 ADMIN_TOKEN = os.environ.get("STACKYARD_ADMIN_TOKEN") or None
 

@@ -103,6 +103,8 @@ class Reconciler(abc.ABC):
     model: type
     batch_size: int = 50
     lease_seconds: int = leases.DEFAULT_LEASE_SECONDS
+    # The column a failed step's error is shown in (when the model has it).
+    message_field: str = "status_message"
 
     @abc.abstractmethod
     def due(self) -> Q:
@@ -176,14 +178,14 @@ class Reconciler(abc.ABC):
         return sum(1 for step in steps.values() if step.changed)
 
     def _give_back(self, rows: list, steps: dict[int, Step], owner: str) -> None:
-        has_message = any(f.name == "status_message" for f in self.model._meta.fields)
+        has_message = any(f.name == self.message_field for f in self.model._meta.fields)
         healthy: dict[float, list[int]] = {}
         for row in rows:
             step = steps[row.pk]
             if step.failed is None:
                 healthy.setdefault(step.after, []).append(row.pk)
                 continue
-            extra = {"status_message": step.failed} if has_message else {}
+            extra = {self.message_field: step.failed} if has_message else {}
             leases.release(self.model, [row.pk], owner=owner, after=max(step.after, backoff(row.failures + 1)),
                            failures=F("failures") + 1, **extra)
         for after, pks in healthy.items():

@@ -7,6 +7,7 @@ a compare-and-swap. A worker killed in between leaves a leased row that the next
 """
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.db import transaction
@@ -56,18 +57,21 @@ def _offer_filter_reason(offer: Offer, spec: dict) -> str | None:
     return None
 
 
-def _recent_no_capacity(project_id: int, within: timedelta) -> set[tuple[int, str]]:
-    """(backend, region) pairs that answered "no capacity" within the last ``within``."""
+def _recent_no_capacity(project_id: int, within: timedelta) -> set[tuple[int, str, str]]:
+    """(backend, region, zone) places that answered "no capacity" within the last ``within``."""
     since = timezone.now() - within
     return set(Instance.objects.filter(project_id=project_id, termination_reason="no_capacity", updated_at__gte=since)
-               .values_list("backend_id", "region"))
+               .values_list("backend_id", "region", "availability_zone"))
 
 
-def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = None) -> tuple[list, list[str]]:
+def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = None,
+                  where: Callable[[int, str, str], bool] | None = None) -> tuple[list, list[str]]:
     """Offers that satisfy the fleet (and the run, if growing for one), cheapest first.
 
-    Returns ``([(backend, offer, total_blocks), ...], reasons)`` where ``reasons`` says why the
-    backends gave nothing. Offers in a region that just ran out of capacity come last.
+    ``where(backend_id, region, zone)``, if given, says which places the run can use (for example,
+    where its volumes are). Returns ``([(backend, offer, total_blocks), ...], reasons)`` where
+    ``reasons`` says why the backends gave nothing. Offers in a zone that just ran out of capacity
+    come last, after a while in which they are skipped.
     """
     names = fleet_spec.get("backends") or []
     backends = Backend.objects.filter(project_id=project_id)
@@ -88,18 +92,26 @@ def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = 
             reasons.append(f"backend {backend.name}: {err}")
             continue
         matched = [item for offer in offers if (item := _fit(backend, offer, fleet_spec, run_spec))]
-        available = [item for item in matched if (backend.pk, item[1].region) not in skipped]
+        placed = [item for item in matched
+                  if where is None or where(backend.pk, item[1].region, item[1].availability_zone)]
+        available = [item for item in placed if _place(backend, item[1]) not in skipped]
         if not matched:
             reasons.append(f"backend {backend.name}: no offer matches the resources")
+        elif not placed:
+            reasons.append(f"backend {backend.name}: no offer where the run's volumes are")
         elif not available:
             reasons.append(f"backend {backend.name}: no capacity in "
-                           f"{', '.join(sorted({item[1].region for item in matched}))} just now; retrying within "
-                           f"{NO_CAPACITY_BACKOFF.seconds} s")
+                           f"{', '.join(sorted({item[1].availability_zone for item in placed}))} just now; "
+                           f"retrying within {NO_CAPACITY_BACKOFF.seconds} s")
         found.extend(available)
     if not backends.exists():
         reasons.append("no backend matches " + (", ".join(names) if names else "(the project has none)"))
-    found.sort(key=lambda item: ((item[0].pk, item[1].region) in recent, item[1].price))
+    found.sort(key=lambda item: (_place(item[0], item[1]) in recent, item[1].price))
     return found, reasons
+
+
+def _place(backend: Backend, offer: Offer) -> tuple[int, str, str]:
+    return backend.pk, offer.region, offer.availability_zone
 
 
 def _fit(backend: Backend, offer: Offer, fleet_spec: dict, run_spec: dict | None):
@@ -117,8 +129,10 @@ def _fit(backend: Backend, offer: Offer, fleet_spec: dict, run_spec: dict | None
     return backend, offer, total
 
 
-def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, up_to: int | None = None):
-    """Add one ``pending`` instance to ``fleet`` (sized for ``run_spec`` if given); (instance, why).
+def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, up_to: int | None = None,
+               where: Callable[[int, str, str], bool] | None = None):
+    """Add one ``pending`` instance to ``fleet`` (sized for ``run_spec`` if given, in a place
+    ``where`` accepts, see ``choose_offers``); (instance, why).
 
     ``up_to``: only while the fleet has fewer live instances than that, counted under the fleet's row
     lock, so two passes growing one fleet towards ``nodes.min`` stop there together (None, "").
@@ -127,7 +141,8 @@ def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, up_to: int | None 
     limit = maximum if up_to is None else min(up_to, maximum if maximum is not None else up_to)
     if maximum is not None and fleet.instances.filter(status__in=LIVE_STATES).count() >= maximum:
         return None, f"at its maximum of {maximum} instance(s)"
-    offers, reasons = choose_offers(project_id=fleet.project_id, fleet_spec=fleet.spec, run_spec=run_spec)
+    offers, reasons = choose_offers(project_id=fleet.project_id, fleet_spec=fleet.spec, run_spec=run_spec,
+                                    where=where)
     if not offers:
         return None, "; ".join(reasons) or "no offer matches"
     backend, offer, total = offers[0]

@@ -20,3 +20,16 @@ class RunsConfig(AppConfig):
         # An instance under an unfinished job is never terminated; its jobs' blocks are its busy blocks.
         register_holder("runs.jobs", lambda: Q(jobs__status__in=JOB_ACTIVE_STATES))
         register_block_holder("runs.jobs", live_blocks)
+
+        from volumes.signals import attachments_changed
+
+        attachments_changed.connect(_jobs_due_now, dispatch_uid="runs.jobs_due_now")
+
+
+def _jobs_due_now(sender, job_ids, **kwargs) -> None:
+    """An attachment of these jobs moved on: the jobs waiting on it are due at once (not after their
+    rest), so a job starts as soon as its volumes are attached and ends as soon as they are detached."""
+    from runs.models import Job, JobStatus
+
+    Job.objects.filter(pk__in=job_ids, status__in=(JobStatus.PROVISIONING, JobStatus.TERMINATING),
+                       lease_owner="").update(lease_until=None, last_processed_at=None)

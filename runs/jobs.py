@@ -5,6 +5,7 @@ the same transaction as its own transition (``fleets.blocks``).
 """
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -25,6 +26,9 @@ from runs.models import (
     RunStatus,
     RunTerminationReason,
 )
+from volumes.choice import job_mounts
+from volumes.models import AttachmentStatus, Volume, VolumeAttachment
+from volumes.services import request_detach, reserve_volumes, set_force_deadline
 
 
 def _job_event(job: Job, kind: str, message: str = "", actor: str = "") -> None:
@@ -37,32 +41,51 @@ def assign_job_to_instance(*, job: Job, instance: Instance, blocks: int) -> bool
     return job.pk in assign_jobs([(job, instance, blocks)])
 
 
-def assign_jobs(assignments: list[tuple[Job, Instance, int]]) -> set[int]:
+def assign_jobs(assignments: list[tuple[Job, Instance, int]],
+                volumes: dict[int, list[tuple[str, Volume]]] | None = None) -> set[int]:
     """Assign many submitted jobs in one transaction; returns the ids of the jobs assigned.
 
     Each assignment takes its blocks with the guarded relative update (the instance row lock) and
     moves its job in the same transaction; one that loses a race changes nothing and its job stays
     ``submitted``. Callers pass the assignments in ascending instance order: every worker then locks
     instances in the same order, so concurrent batches cannot deadlock.
+
+    ``volumes``: the volumes chosen for a job's mount points (``{job.pk: [(path, volume), ...]}``);
+    the job is assigned only if it gets every one of them (``volumes.services.reserve_volumes``).
     """
+    volumes = volumes or {}
     assigned: set[int] = set()
     events: list[Event] = []
     now = timezone.now()
     with transaction.atomic():
         for job, instance, blocks in assignments:
-            if not take_blocks(instance_id=instance.pk, blocks=blocks):
+            chosen = volumes.get(job.pk)
+            try:
+                # A savepoint only for jobs with volumes: losing a volume undoes the blocks and the move.
+                with transaction.atomic(savepoint=bool(chosen)):
+                    if not take_blocks(instance_id=instance.pk, blocks=blocks):
+                        continue
+                    spec = job.run.spec if "run" in job._state.fields_cache else {}
+                    message = f"placed on {instance.name}" + (
+                        f"; attaching {', '.join(v.name for _, v in chosen)}" if chosen else "")
+                    if not Job.objects.filter(pk=job.pk, status=JobStatus.SUBMITTED, instance__isnull=True).update(
+                            status=JobStatus.PROVISIONING, instance=instance, blocks=blocks, updated_at=now,
+                            status_message=message, volumes=job_mounts(spec, chosen or [])):
+                        give_back_blocks(instance_id=instance.pk, blocks=blocks)  # stopped meanwhile
+                        continue
+                    if chosen and not reserve_volumes(job_id=job.pk, instance_id=instance.pk, choices=chosen):
+                        raise _VolumeTaken
+            except _VolumeTaken:
                 continue
-            if Job.objects.filter(pk=job.pk, status=JobStatus.SUBMITTED, instance__isnull=True).update(
-                    status=JobStatus.PROVISIONING, instance=instance, blocks=blocks, updated_at=now,
-                    status_message=f"placed on {instance.name}"):
-                assigned.add(job.pk)
-                events.append(Event(project_id=job.project_id, resource_type="job", resource_name=job.name,
-                                    kind=JobStatus.PROVISIONING,
-                                    message=f"{blocks}/{instance.total_blocks} block(s) of {instance.name}"))
-            else:  # stopped meanwhile: the blocks go back in the same transaction
-                give_back_blocks(instance_id=instance.pk, blocks=blocks)
+            assigned.add(job.pk)
+            events.append(Event(project_id=job.project_id, resource_type="job", resource_name=job.name,
+                                kind=JobStatus.PROVISIONING, message=message))
         Event.objects.bulk_create(events)
     return assigned
+
+
+class _VolumeTaken(Exception):
+    """A chosen volume went to another job first: the assignment is undone (its savepoint)."""
 
 
 def return_job_to_queue(*, job: Job, message: str) -> bool:
@@ -70,9 +93,12 @@ def return_job_to_queue(*, job: Job, message: str) -> bool:
     with transaction.atomic():
         Instance.objects.select_for_update().filter(pk=job.instance_id).first()
         if not compare_and_swap(Job, pk=job.pk, allowed_from=(JobStatus.PROVISIONING,), to=JobStatus.SUBMITTED,
-                                instance=None, blocks=0, status_message=message, workload_id=""):
+                                instance=None, blocks=0, status_message=message, workload_id="", volumes=[]):
             return False
         give_back_blocks(instance_id=job.instance_id, blocks=job.blocks)
+        # Its volumes are let go (at once: its instance never came up), so it can have them again.
+        request_detach(VolumeAttachment.objects.filter(job_id=job.pk), force=False,
+                       why="its job went back to the queue")
         _job_event(job, "requeued", message)
         kick("runs.place_jobs")
     return True
@@ -113,6 +139,52 @@ def finish_job(*, job: Job, to: str, reason: str, exit_status: int | None = None
                actor: str = "") -> bool:
     """Finish an unfinished job and release its blocks in the same transaction."""
     return job.pk in finish_jobs([Finish(job.pk, to, reason, exit_status, message, actor)])
+
+
+# How a job ends once its workload is stopped and its volumes detached, by termination reason.
+FINAL_STATUS_BY_REASON = {
+    JobTerminationReason.ABORTED_BY_USER: JobStatus.ABORTED,
+    JobTerminationReason.STOPPED_BY_USER: JobStatus.TERMINATED,
+    JobTerminationReason.STOPPED_BY_SERVER: JobStatus.TERMINATED,
+    JobTerminationReason.DONE: JobStatus.DONE,
+}
+STOP_REASONS = (JobTerminationReason.ABORTED_BY_USER, JobTerminationReason.STOPPED_BY_USER,
+                JobTerminationReason.STOPPED_BY_SERVER)
+
+
+def final_status(reason: str) -> str:
+    return FINAL_STATUS_BY_REASON.get(reason, JobStatus.FAILED)
+
+
+def jobs_holding_volumes(job_ids) -> set[int]:
+    """The jobs among ``job_ids`` with an attachment the provider has not confirmed detached."""
+    return set(VolumeAttachment.objects.filter(job_id__in=job_ids).exclude(status=AttachmentStatus.DETACHED)
+               .values_list("job_id", flat=True))
+
+
+def end_job(*, job: Job, to: str, reason: str, exit_status: int | None = None, message: str = "") -> bool:
+    """``end_jobs`` for one job."""
+    return job.pk in end_jobs([Finish(job.pk, to, reason, exit_status, message)])
+
+
+def end_jobs(finishes: list[Finish]) -> set[int]:
+    """Jobs whose workload ended (or that will never run) finish as ``finishes`` say, except that a
+    job still holding volumes detaches them first: it goes ``terminating`` with its reason, exit
+    status and message, and the stop loop finishes it (``final_status``) once the provider confirms
+    every detach. Returns the ids of the jobs that moved."""
+    holding = jobs_holding_volumes([f.job_id for f in finishes])
+    moved = finish_jobs([f for f in finishes if f.job_id not in holding])
+    now = timezone.now()
+    with transaction.atomic():
+        for finish in (f for f in finishes if f.job_id in holding):
+            if Job.objects.filter(pk=finish.job_id, status__in=(JobStatus.PROVISIONING, JobStatus.RUNNING)).update(
+                    status=JobStatus.TERMINATING, termination_reason=finish.reason, exit_status=finish.exit_status,
+                    status_message=finish.message, workload_stopped_at=now, lease_until=None, lease_owner="",
+                    last_processed_at=None, updated_at=now):
+                moved.add(finish.job_id)
+                job = Job.objects.only("project_id", "name").get(pk=finish.job_id)
+                _job_event(job, "terminating", f"{finish.message or finish.reason}; detaching its volumes")
+    return moved
 
 
 def finish_jobs(finishes: list[Finish]) -> set[int]:
@@ -185,7 +257,9 @@ def request_jobs_stop(*, job_ids, reason: str, actor: str = "") -> set[int]:
                     .filter(pk__in=job_ids, status__in=JOB_ACTIVE_STATES).order_by("pk")
                     .only("pk", "project_id", "name", "status", "instance_id"))
         waiting = [j for j in jobs if j.status == JobStatus.SUBMITTED and j.instance_id is None]
-        others = [j for j in jobs if j not in waiting]
+        # A job already terminating keeps its reason (an abort escalates it: ``runs.services``).
+        others = [j for j in jobs if j not in waiting and j.status != JobStatus.TERMINATING]
+        jobs = waiting + others
         Job.objects.filter(pk__in=[j.pk for j in waiting]).update(
             status=final, termination_reason=reason, finished_at=now, lease_until=None, updated_at=now)
         # The lease is dropped (owner too, so the poll that held it cannot put it back) and the job
@@ -220,6 +294,14 @@ def start_run_termination(*, run: Run, reason: str, message: str = "", actor: st
         record_run_event(run, "terminating", message or reason, actor)
         request_jobs_stop(job_ids=run.jobs.filter(status__in=JOB_ACTIVE_STATES).values("pk"), reason=job_reason,
                           actor=actor)
+        # Detaches already under way (jobs that ended before the run stopped) get the run's deadline,
+        # or are forced at once on an abort.
+        detaching = VolumeAttachment.objects.filter(job__run_id=run.pk)
+        if reason == RunTerminationReason.ABORTED_BY_USER:
+            request_detach(detaching.filter(status=AttachmentStatus.DETACHING), force=True, actor=actor,
+                           why="the run was aborted")
+        elif (deadline := force_deadline(run)) is not None:
+            set_force_deadline(detaching, force_after=deadline)
     # Jobs that never got an instance finished at once: a run made only of them ends now.
     run.status = RunStatus.TERMINATING
     run.termination_reason, run.status_message = reason, message or reason
@@ -240,6 +322,11 @@ def refresh_run_statuses(run_ids, *, _rounds: int = 3) -> None:
         jobs_by_run[job.run_id][(job.replica_num, job.job_num)] = job
         if job.status in JOB_ACTIVE_STATES:
             busy_runs.add(job.run_id)
+    # A terminating run ends only once every volume of its jobs is detached.
+    terminating = [pk for pk, run in runs.items() if run.status == RunStatus.TERMINATING and pk not in busy_runs]
+    if terminating:
+        busy_runs |= set(VolumeAttachment.objects.filter(job__run_id__in=terminating)
+                         .exclude(status=AttachmentStatus.DETACHED).values_list("job__run_id", flat=True))
     moves: dict[tuple, list[Run]] = {}
     for pk, run in runs.items():
         latest = list(jobs_by_run[pk].values())
@@ -342,7 +429,16 @@ def _ending(run: Run) -> tuple[str, dict]:
 
 def _finish_if_jobs_finished(run: Run) -> None:
     """A terminating run (``run`` as it is now) ends once all its jobs are finished."""
-    if run.jobs.filter(status__in=JOB_ACTIVE_STATES).exists():
+    if run.jobs.filter(status__in=JOB_ACTIVE_STATES).exists() or VolumeAttachment.objects.filter(
+            job__run_id=run.pk).exclude(status=AttachmentStatus.DETACHED).exists():
         return
     to, changes = _ending(run)
     _move(run, to, finished_at=timezone.now(), **changes)
+
+
+def force_deadline(run: Run):
+    """When the detaches of a terminating run turn forced (its ``stop_duration``); None: never."""
+    seconds = run.spec.get("stop_duration")
+    if seconds is None:
+        return None
+    return (run.terminating_since or timezone.now()) + timedelta(seconds=seconds)

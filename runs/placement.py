@@ -25,6 +25,8 @@ from fleets.provisioning import grow_fleet
 from fleets.resources import blocks_needed, mismatch
 from runs.jobs import assign_jobs, finish_job, refresh_run_statuses
 from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
+from volumes.choice import VolumeChoice, network_mounts
+from volumes.models import Volume
 
 PLACEABLE_RUN_STATES = (RunStatus.SUBMITTED, RunStatus.PENDING, RunStatus.PROVISIONING, RunStatus.RUNNING)
 
@@ -47,7 +49,15 @@ class Pass:
         self.candidates: dict[str, list[Instance]] = {}
         self.touched_runs: set[int] = set()
         self.plan: list[tuple[Job, Instance, int]] = []
+        self.volumes: dict[int, list[tuple[str, Volume]]] = {}
+        self.volumes_taken: set[int] = set()  # promised to a job in this pass, not yet flushed
         self.placed = 0
+
+    def volume_choice(self, run: Run) -> VolumeChoice | None:
+        """The run's network volume candidates (read fresh for each replica), or None if it mounts none."""
+        if not network_mounts(run.spec):
+            return None
+        return VolumeChoice(project_id=run.project_id, spec=run.spec, taken=self.volumes_taken)
 
     def instances_for(self, run: Run) -> list[Instance]:
         key = json.dumps([run.project_id] + [run.spec.get(k) for k in FILTER_KEYS], sort_keys=True)
@@ -56,16 +66,23 @@ class Pass:
         # Most loaded first (to pack blocks), then cheapest.
         return sorted(self.candidates[key], key=lambda i: (-i.busy_blocks, i.price, i.pk))
 
-    def assign(self, job: Job, instance: Instance, blocks: int) -> None:
-        """Plan an assignment; ``flush`` carries the plan out."""
+    def assign(self, job: Job, instance: Instance, blocks: int,
+               volumes: list[tuple[str, Volume]] | None = None) -> None:
+        """Plan an assignment (with the volumes chosen for the job's mount points); ``flush``
+        carries the plan out."""
         self.plan.append((job, instance, blocks))
         instance.busy_blocks += blocks
+        if volumes:
+            self.volumes[job.pk] = volumes
+            self.volumes_taken.update(volume.pk for _, volume in volumes)
 
     def flush(self) -> None:
         """Carry out the planned assignments, a batch per transaction, in ascending instance order."""
         plan, self.plan = sorted(self.plan, key=lambda item: item[1].pk), []
+        volumes, self.volumes = self.volumes, {}
         for start in range(0, len(plan), ASSIGNMENTS_PER_TRANSACTION):
-            self.placed += len(assign_jobs(plan[start:start + ASSIGNMENTS_PER_TRANSACTION]))
+            self.placed += len(assign_jobs(plan[start:start + ASSIGNMENTS_PER_TRANSACTION], volumes))
+        self.volumes_taken.clear()  # attached (or lost to another job) now: the database knows
 
     def forget(self) -> None:
         """Read the candidates again (a new instance appeared): the plan so far is carried out first."""
@@ -111,25 +128,21 @@ def _place_batch(ids: list[int], owner: str) -> int:
     return current.placed
 
 
-VOLUMES_NOT_BUILT = ("this run mounts volumes, and attaching volumes to jobs is not built yet; "
-                     "remove `volumes` to run it without them")
-
-
 def _place_replica(jobs: list[Job], current: Pass) -> None:
     run = jobs[0].run
     current.touched_runs.add(run.pk)
-    if run.spec.get("volumes"):
-        # Never run a job without the data it asked for: fail it, saying why.
-        for job in jobs:
-            finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.VOLUME_ERROR,
-                       message=VOLUMES_NOT_BUILT)
-    elif run.spec.get("nodes", 1) > 1:
-        if len(jobs) == run.spec["nodes"]:  # else the claim split this replica: placed whole next pass
+    if run.spec.get("nodes", 1) > 1:
+        if network_mounts(run.spec):  # refused at submit; a run stored before that is told why
+            for job in jobs:
+                finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.VOLUME_ERROR,
+                           message="a network volume attaches to one instance: multi-node tasks cannot mount one")
+        elif len(jobs) == run.spec["nodes"]:  # else the claim split this replica: placed whole next pass
             _place_whole_instances(run, jobs, current)
     else:
-        attempt = Attempt()
-        if not (_place_on_existing(jobs[0], attempt, current) or _place_on_new_instance(jobs[0], attempt, current)):
-            _cannot_place(run, jobs[:1], attempt)
+        attempt, choice = Attempt(), current.volume_choice(run)
+        if not (_place_on_existing(jobs[0], attempt, current, choice)
+                or _place_on_new_instance(jobs[0], attempt, current, choice)):
+            _cannot_place(run, jobs[:1], attempt, choice)
 
 
 def _candidate_instances(run: Run):
@@ -151,7 +164,8 @@ def _candidate_instances(run: Run):
         instances = instances.filter(price__lte=spec["max_price"])
     # Instances of a draining backend stay candidates only to say why they were passed over.
     return instances.annotate(backend_name=F("backend__name"), backend_status=F("backend__status")).only(
-        "pk", "project_id", "fleet_id", "name", "resources", "total_blocks", "busy_blocks", "price", "status")
+        "pk", "project_id", "fleet_id", "name", "resources", "total_blocks", "busy_blocks", "price", "status",
+        "backend_id", "region", "availability_zone")
 
 
 def _draining(instance: Instance) -> str | None:
@@ -161,18 +175,22 @@ def _draining(instance: Instance) -> str | None:
     return None
 
 
-def _place_on_existing(job: Job, attempt: Attempt, current: Pass) -> bool:
+def _place_on_existing(job: Job, attempt: Attempt, current: Pass, choice: VolumeChoice | None) -> bool:
     requirements = job.run.spec["resources"]
     for instance in current.instances_for(job.run):
         blocks, why = blocks_needed(instance.resources, instance.total_blocks, requirements)
+        volumes = None if choice is None else choice.pick(instance.backend_id, instance.region,
+                                                          instance.availability_zone)
         if draining := _draining(instance):
             attempt.add(instance.name, draining)
         elif blocks is None:
             attempt.add(instance.name, why)
         elif blocks > instance.idle_blocks:
             attempt.add(instance.name, f"needs {blocks} block(s), {instance.idle_blocks}/{instance.total_blocks} idle")
+        elif choice is not None and volumes is None:
+            attempt.add(instance.name, f"no usable volume for every mount point in {instance.availability_zone}")
         else:
-            current.assign(job, instance, blocks)
+            current.assign(job, instance, blocks, volumes)
             return True
     if not attempt.reasons:
         attempt.add("instances", "none in the fleets this run may use")
@@ -186,17 +204,22 @@ def _growable_fleets(run: Run):
     return fleets.order_by("name")
 
 
-def _place_on_new_instance(job: Job, attempt: Attempt, current: Pass) -> bool:
-    """Grow an elastic fleet by one instance sized for the job, and assign the job to it."""
+def _place_on_new_instance(job: Job, attempt: Attempt, current: Pass, choice: VolumeChoice | None) -> bool:
+    """Grow an elastic fleet by one instance sized for the job (where its volumes are), and assign
+    the job to it."""
+    if choice is not None and not choice.anywhere():
+        return False  # no place holds a volume for every mount point: no instance could help
     for fleet in _growable_fleets(job.run):
-        instance, why = grow_fleet(fleet=fleet, run_spec=job.run.spec)
+        instance, why = grow_fleet(fleet=fleet, run_spec=job.run.spec, where=choice.fits if choice else None)
         if instance is None:
             attempt.add(f"fleet {fleet.name}", why)
             continue
         current.forget()
         blocks, _ = blocks_needed(instance.resources, instance.total_blocks, job.run.spec["resources"])
-        if blocks is not None:
-            current.assign(job, instance, blocks)
+        volumes = None if choice is None else choice.pick(instance.backend_id, instance.region,
+                                                          instance.availability_zone)
+        if blocks is not None and (choice is None or volumes is not None):
+            current.assign(job, instance, blocks, volumes)
             return True
     return False
 
@@ -242,10 +265,21 @@ def _kick_followers() -> None:
     kick("fleets.process_instances")
 
 
-def _cannot_place(run: Run, jobs: list[Job], attempt: Attempt) -> None:
-    """No capacity: wait ``pending`` if the run retries on no-capacity (within its duration), else fail."""
+def _cannot_place(run: Run, jobs: list[Job], attempt: Attempt, choice: VolumeChoice | None = None) -> None:
+    """No capacity: wait ``pending`` if the run retries on no-capacity (within its duration), else fail.
+
+    With volumes, the message names each mount point and each candidate with its location and why it
+    is unusable; when no place holds a usable volume for every mount point, the run fails with
+    ``volume_error`` rather than ``no_capacity``."""
     needs = _describe_requirements(run.spec)
     message = f"no capacity for {jobs[0].name} ({needs}): " + "; ".join(attempt.reasons[:10])
+    reason = JobTerminationReason.NO_CAPACITY
+    if choice is not None:
+        if choice.anywhere():
+            message = f"{message}. Volumes: {choice.explain()}"
+        else:
+            reason = JobTerminationReason.VOLUME_ERROR
+            message = f"no place holds a usable volume for every mount point of {jobs[0].name}: {choice.explain()}"
     retry = run.spec.get("retry") or {}
     waited = (timezone.now() - run.submitted_at).total_seconds()
     if "no-capacity" in retry.get("on_events", []) and waited < retry.get("duration", 0):
@@ -256,7 +290,7 @@ def _cannot_place(run: Run, jobs: list[Job], attempt: Attempt) -> None:
     if retry and "no-capacity" in retry.get("on_events", []):
         message = f"retry duration exceeded; {message}"
     for job in jobs:
-        finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.NO_CAPACITY, message=message)
+        finish_job(job=job, to=JobStatus.FAILED, reason=reason, message=message)
 
 
 def _describe_requirements(spec: dict) -> str:

@@ -21,7 +21,8 @@ from runs.models import (
     RunStatus,
     RunTerminationReason,
 )
-from volumes.models import Volume, VolumeStatus
+from volumes.models import AttachmentStatus, Volume, VolumeAttachment, VolumeStatus
+from volumes.services import request_detach
 
 
 def _check_references(project: Project, spec: dict) -> None:
@@ -109,8 +110,15 @@ def _escalate_to_abort(run: Run, actor: str) -> None:
             termination_reason=RunTerminationReason.ABORTED_BY_USER
         ).update(termination_reason=RunTerminationReason.ABORTED_BY_USER, status_message="aborting")
         if updated:
-            run.jobs.filter(status=JobStatus.TERMINATING).update(termination_reason=JobTerminationReason.ABORTED_BY_USER)
+            # A job that ended on its own (done, failed) keeps its reason; a stopping one is now aborted.
+            run.jobs.filter(status=JobStatus.TERMINATING, termination_reason__in=(
+                JobTerminationReason.STOPPED_BY_USER, JobTerminationReason.STOPPED_BY_SERVER)).update(
+                termination_reason=JobTerminationReason.ABORTED_BY_USER, lease_until=None, last_processed_at=None)
             record_run_event(run, "abort_requested", actor=actor)
+        # Detaches under way are forced at once (again safe on a second abort); the others are asked
+        # forced by the stop loop as soon as their workload is stopped.
+        request_detach(VolumeAttachment.objects.filter(job__run_id=run.pk, status=AttachmentStatus.DETACHING),
+                       force=True, actor=actor, why="the run was aborted")
 
 
 def _kick_jobs() -> None:

@@ -3,27 +3,35 @@ whose instance is up, stop terminating ones, poll running ones, and settle the j
 that are going or gone. No transaction spans a driver call; starts and polls are batched per backend.
 """
 
-from django.db.models import Q
+from datetime import timedelta
+
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
 
 from backends.drivers.base import JobLaunch, NotFoundError, TransientError
 from backends.drivers.registry import pass_drivers
-from core.pipeline import Reconciler, Step
+from core.kicks import kick
+from core.pipeline import Reconciler, Step, group_by
 from fleets.models import INSTANCE_UP_STATES, InstanceStatus
 from runs.jobs import (
+    STOP_REASONS,
     Finish,
-    finish_job,
+    end_job,
+    final_status,
     finish_jobs,
+    force_deadline,
     mark_jobs_running,
     refresh_run_statuses,
     request_job_stop,
     return_job_to_queue,
 )
-from runs.models import Job, JobStatus, JobTerminationReason, RunStatus
+from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
+from volumes.models import AttachmentStatus, VolumeAttachment
+from volumes.services import request_detach
 
 POLL_SECONDS = 5
-FINAL_STATUS_FOR_STOP = {
-    JobTerminationReason.ABORTED_BY_USER: JobStatus.ABORTED,
-}
+# A job waiting for its volumes to detach is looked at again this often (and at once when one does).
+DETACH_WAIT_SECONDS = 2
 
 
 class _JobLoop(Reconciler):
@@ -49,20 +57,42 @@ class _JobLoop(Reconciler):
         refresh_run_statuses(self.touched_runs)
 
 
+class VolumeLost(Exception):
+    """A volume of the job failed to attach, or was detached before the job started."""
+
+
 class Starter(_JobLoop):
-    """Jobs placed on an instance that is up get their workload started."""
+    """Jobs placed on an instance that is up, with every volume attached, get their workload
+    started; a job whose volume could not be attached fails (``volume_error``)."""
 
     def due(self) -> Q:
-        return Q(status=JobStatus.PROVISIONING, instance__status__in=INSTANCE_UP_STATES)
+        attaching = VolumeAttachment.objects.filter(job=OuterRef("pk"), status=AttachmentStatus.ATTACHING)
+        return Q(status=JobStatus.PROVISIONING, instance__status__in=INSTANCE_UP_STATES) & ~Q(Exists(attaching))
 
     def call(self, rows):
+        attachments = group_by(VolumeAttachment.objects.filter(job__in=rows).select_related("volume")
+                               .order_by("pk"), lambda a: a.job_id)
+        results, ready = {}, []
+        for job in rows:
+            mine = [a for a in attachments.get(job.pk, []) if a.instance_id == job.instance_id]
+            lost = [a for a in mine if a.status != AttachmentStatus.ATTACHED]
+            if lost:
+                results[job.pk] = VolumeLost("; ".join(
+                    f"volume {a.volume.name} " + ("could not be attached" if a.status == AttachmentStatus.FAILED
+                                                  else f"is {a.status}") + (f": {a.error}" if a.error else "")
+                    for a in lost))
+            else:
+                ready.append((job, mine))
+        mounts = {job.pk: _mounts(job, mine) for job, mine in ready}
+
         def start(driver, group):
             launches = [JobLaunch(job_name=job.name, instance_id=job.instance.provider_instance_id,
                                   commands=job.run.spec.get("commands", []), env=_env(job),
-                                  client_token=f"stackyard-job-{job.pk}") for job in group]
+                                  client_token=f"stackyard-job-{job.pk}", mounts=mounts[job.pk]) for job in group]
             return dict(zip((job.pk for job in group), driver.start_jobs(jobs=launches), strict=True))
 
-        return self.drivers.ask(rows, _backend, start)
+        results.update(self.drivers.ask([job for job, _ in ready], _backend, start))
+        return results
 
     def record_batch(self, rows, results):
         steps, started = {}, []
@@ -70,9 +100,13 @@ class Starter(_JobLoop):
             result = results.get(job.pk)
             if isinstance(result, TransientError) or result is None:
                 steps[job.pk] = Step(failed=f"provider error, retrying: {result}")
+            elif isinstance(result, VolumeLost):
+                moved = end_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.VOLUME_ERROR,
+                                message=str(result))
+                steps[job.pk] = self.changed(job, moved)
             elif isinstance(result, Exception):
-                moved = finish_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.SERVER_ERROR,
-                                   message=f"could not start: {result}")
+                moved = end_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.SERVER_ERROR,
+                                message=f"could not start: {result}")
                 steps[job.pk] = self.changed(job, moved)
             else:
                 started.append((job, result))
@@ -82,6 +116,20 @@ class Starter(_JobLoop):
                 Job.objects.filter(pk=job.pk, workload_id="").update(workload_id=workload_id)
             steps[job.pk] = self.changed(job, job.pk in moved, after=POLL_SECONDS)
         return steps
+
+
+def _mounts(job: Job, attachments: list[VolumeAttachment]) -> list[dict]:
+    """What the workload mounts: each attached volume's device, each instance volume's directory."""
+    by_name = {a.volume.name: a for a in attachments}
+    mounts = []
+    for mount in job.volumes or []:
+        if "name" in mount and mount["name"] in by_name:
+            attachment = by_name[mount["name"]]
+            mounts.append({"path": mount["path"], "volume_id": attachment.volume.volume_id,
+                           "device_name": attachment.device_name})
+        elif "instance_path" in mount:
+            mounts.append({"path": mount["path"], "instance_path": mount["instance_path"]})
+    return mounts
 
 
 def _backend(job: Job):
@@ -95,8 +143,10 @@ def _env(job: Job) -> dict:
 
 
 class Stopper(_JobLoop):
-    """Terminating jobs have their workload stopped (many per driver call), then finish and give
-    their blocks back (the batch in one transaction)."""
+    """Terminating jobs have their workload stopped (many per driver call), then their volumes
+    detached, and finish (giving their blocks back, the batch in one transaction) only once the
+    provider has confirmed every detach. A job waiting for its volumes is looked at again when a
+    detach moves on (``volumes.signals``), or after ``DETACH_WAIT_SECONDS``."""
 
     def due(self) -> Q:
         return Q(status=JobStatus.TERMINATING)
@@ -106,25 +156,60 @@ class Stopper(_JobLoop):
             stopped = driver.stop_jobs(workload_ids=[job.workload_id for job in group])
             return {job.pk: stopped.get(job.workload_id) for job in group}
 
-        started = [job for job in rows if job.workload_id and job.instance is not None
-                   and job.instance.backend is not None]
-        answers = self.drivers.ask(started, _backend, stop)
+        running = [job for job in rows if job.workload_stopped_at is None and job.workload_id
+                   and job.instance is not None and job.instance.backend is not None]
+        answers = self.drivers.ask(running, _backend, stop)
         # Never started, or not found at the provider: nothing is left to stop.
         return {job.pk: None if isinstance(answers.get(job.pk), NotFoundError) else answers.get(job.pk)
                 for job in rows}
 
     def record_batch(self, rows, results):
-        steps, finishes = {}, []
+        steps, finishes, stopped = {}, [], []
+        outstanding = group_by(VolumeAttachment.objects.filter(job__in=rows).exclude(status=AttachmentStatus.DETACHED)
+                               .select_related("volume", "instance").order_by("pk"), lambda a: a.job_id)
         for job in rows:
             if isinstance(results.get(job.pk), Exception):
                 steps[job.pk] = Step(failed=f"stop failed, retrying: {results[job.pk]}")
+                continue
+            if job.workload_stopped_at is None:
+                stopped.append(job.pk)
+            if job.pk in outstanding:
+                steps[job.pk] = self._wait_for_volumes(job, outstanding[job.pk])
             else:
-                final = FINAL_STATUS_FOR_STOP.get(job.termination_reason, JobStatus.TERMINATED)
-                finishes.append(Finish(job.pk, final, job.termination_reason))
+                message = "" if job.termination_reason in STOP_REASONS else job.status_message
+                finishes.append(Finish(job.pk, final_status(job.termination_reason), job.termination_reason,
+                                       job.exit_status, message))
+        Job.objects.filter(pk__in=stopped, workload_stopped_at__isnull=True).update(workload_stopped_at=timezone.now())
         finished = finish_jobs(finishes)
         for job in rows:
             steps.setdefault(job.pk, self.changed(job, job.pk in finished))
         return steps
+
+    def _wait_for_volumes(self, job: Job, attachments: list[VolumeAttachment]) -> Step:
+        """The workload is stopped: ask for the detaches not asked yet (forced on an abort, with the
+        run's ``stop_duration`` as deadline), and show on the run what it waits for."""
+        force = job.termination_reason == JobTerminationReason.ABORTED_BY_USER
+        deadline = force_deadline(job.run) if job.run.status == RunStatus.TERMINATING else None
+        if deadline is None and job.run.spec.get("stop_duration") is not None:
+            deadline = timezone.now() + timedelta(seconds=job.run.spec["stop_duration"])
+        asked = [a.pk for a in attachments if a.status != AttachmentStatus.DETACHING or (force and not a.force)]
+        if asked:
+            request_detach(VolumeAttachment.objects.filter(pk__in=asked), force=force, force_after=deadline,
+                           why=f"job {job.name} is stopping")
+            if deadline is not None and deadline <= timezone.now():
+                kick("volumes.enforce_stop_durations")
+        if job.run.status == RunStatus.TERMINATING:
+            message = "; ".join(_waiting_for(a, force) for a in attachments)
+            Run.objects.filter(pk=job.run_id, status=RunStatus.TERMINATING).exclude(status_message=message).update(
+                status_message=message)
+        return Step(after=DETACH_WAIT_SECONDS)
+
+
+def _waiting_for(attachment: VolumeAttachment, force: bool) -> str:
+    forced = " (forced)" if attachment.force or force else ""
+    error = f"; last attempt failed: {attachment.error}" if attachment.error else ""
+    volume, instance = attachment.volume.name, attachment.instance.name
+    return f"waiting for volume {volume} to detach from instance {instance}{forced}{error}"
 
 
 class Poller(_JobLoop):
@@ -152,13 +237,13 @@ class Poller(_JobLoop):
                 Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(status_message="")
             return Step(after=POLL_SECONDS)
         if state.status == "done":
-            return self.changed(job, finish_job(job=job, to=JobStatus.DONE, reason=JobTerminationReason.DONE,
-                                                exit_status=0))
+            return self.changed(job, end_job(job=job, to=JobStatus.DONE, reason=JobTerminationReason.DONE,
+                                             exit_status=0))
         interrupted = state.exit_status is None and "interrupt" in (state.message or "")
         reason = JobTerminationReason.INTERRUPTED if interrupted else JobTerminationReason.EXITED_WITH_ERROR
         message = state.message or f"exited with status {state.exit_status}"
-        return self.changed(job, finish_job(job=job, to=JobStatus.FAILED, reason=reason,
-                                            exit_status=state.exit_status, message=message))
+        return self.changed(job, end_job(job=job, to=JobStatus.FAILED, reason=reason,
+                                         exit_status=state.exit_status, message=message))
 
 
 class Evictor(_JobLoop):
@@ -181,7 +266,7 @@ class Evictor(_JobLoop):
             return self.changed(job, return_job_to_queue(job=job, message=message))
         reason = (JobTerminationReason.NO_CAPACITY if instance.termination_reason == "no_capacity"
                   else JobTerminationReason.INTERRUPTED)
-        return self.changed(job, finish_job(job=job, to=JobStatus.FAILED, reason=reason, message=message))
+        return self.changed(job, end_job(job=job, to=JobStatus.FAILED, reason=reason, message=message))
 
 
 def process_jobs(*, limit: int | None = None) -> int:

@@ -76,10 +76,12 @@ def reconcile_pass() -> int:
     from fleets.provisioning import reconcile_fleets
     from runs.placement import place_jobs
     from runs.workloads import process_jobs
+    from volumes.attachments import attach_volumes, detach_volumes, enforce_stop_durations
     from volumes.provisioning import process_volumes
 
-    return sum(step() for step in (reconcile_fleets, process_instances, place_jobs, process_jobs,
-                                   process_terminating_instances, process_volumes))
+    return sum(step() for step in (reconcile_fleets, process_instances, place_jobs, attach_volumes, process_jobs,
+                                   detach_volumes, enforce_stop_durations, process_terminating_instances,
+                                   process_volumes))
 
 
 @pytest.fixture
@@ -87,12 +89,12 @@ def reconcile(db):
     """Drive the reconcilers; leases are cleared first so a test never waits for one to expire."""
     from fleets.models import Fleet, Instance
     from runs.models import Job
-    from volumes.models import Volume
+    from volumes.models import Volume, VolumeAttachment
 
     def drive(rounds: int = 10) -> None:
         quiet = 0
         for _ in range(rounds):
-            for model in (Fleet, Instance, Job, Volume):
+            for model in (Fleet, Instance, Job, Volume, VolumeAttachment):
                 model.objects.update(lease_until=None, lease_owner="")
             # Two quiet rounds: a poll may see no change yet move the provider on (a VM coming up).
             quiet = 0 if reconcile_pass() else quiet + 1
