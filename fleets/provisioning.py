@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from backends.drivers.base import DriverError, Offer
+from backends.drivers.base import DriverError, Offer, TransientError
 from backends.drivers.registry import get_driver
 from backends.models import Backend, BackendStatus
 from backends.selectors import named
@@ -65,12 +65,13 @@ def _recent_no_capacity(project_id: int, within: timedelta) -> set[tuple[int, st
 
 
 def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = None,
-                  where: Callable[[int, str, str], bool] | None = None) -> tuple[list, list[str]]:
+                  where: Callable[[int, str, str], bool] | None = None) -> tuple[list, list[str], bool]:
     """Offers that satisfy the fleet (and the run, if growing for one), cheapest first.
 
     ``where(backend_id, region, zone)``, if given, says which places the run can use (for example,
-    where its volumes are). Returns ``([(backend, offer, total_blocks), ...], reasons)`` where
-    ``reasons`` says why the backends gave nothing. Offers in a zone that just ran out of capacity
+    where its volumes are). Returns ``([(backend, offer, total_blocks), ...], reasons, retry)`` where
+    ``reasons`` says why the backends gave nothing, and ``retry`` that a backend could not be asked
+    (a transient provider error): nothing found may then be found on the next try. Offers in a zone that just ran out of capacity
     come last, after a while in which they are skipped.
     """
     names = fleet_spec.get("backends") or []
@@ -81,7 +82,7 @@ def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = 
     # one that said so in the last minutes is tried last.
     skipped = _recent_no_capacity(project_id, NO_CAPACITY_BACKOFF)
     recent = _recent_no_capacity(project_id, NO_CAPACITY_MEMORY)
-    found, reasons = [], []
+    found, reasons, retry = [], [], False
     for backend in backends.order_by("name"):
         if backend.status == BackendStatus.DRAINING:
             reasons.append(f"backend {backend.name} is draining")
@@ -90,6 +91,7 @@ def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = 
             offers = get_driver(backend).offers()
         except DriverError as err:
             reasons.append(f"backend {backend.name}: {err}")
+            retry = retry or isinstance(err, TransientError)
             continue
         matched = [item for offer in offers if (item := _fit(backend, offer, fleet_spec, run_spec))]
         placed = [item for item in matched
@@ -107,7 +109,7 @@ def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = 
     if not backends.exists():
         reasons.append("no backend matches " + (", ".join(names) if names else "(the project has none)"))
     found.sort(key=lambda item: (_place(item[0], item[1]) in recent, item[1].price))
-    return found, reasons
+    return found, reasons, retry
 
 
 def _place(backend: Backend, offer: Offer) -> tuple[int, str, str]:
@@ -132,7 +134,8 @@ def _fit(backend: Backend, offer: Offer, fleet_spec: dict, run_spec: dict | None
 def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, up_to: int | None = None,
                where: Callable[[int, str, str], bool] | None = None):
     """Add one ``pending`` instance to ``fleet`` (sized for ``run_spec`` if given, in a place
-    ``where`` accepts, see ``choose_offers``); (instance, why).
+    ``where`` accepts, see ``choose_offers``); ``(instance, why, retry)``: ``retry`` when no instance
+    was made because a provider could not be asked just now.
 
     ``up_to``: only while the fleet has fewer live instances than that, counted under the fleet's row
     lock, so two passes growing one fleet towards ``nodes.min`` stop there together (None, "").
@@ -140,11 +143,11 @@ def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, up_to: int | None 
     maximum = fleet.spec["nodes"].get("max")
     limit = maximum if up_to is None else min(up_to, maximum if maximum is not None else up_to)
     if maximum is not None and fleet.instances.filter(status__in=LIVE_STATES).count() >= maximum:
-        return None, f"at its maximum of {maximum} instance(s)"
-    offers, reasons = choose_offers(project_id=fleet.project_id, fleet_spec=fleet.spec, run_spec=run_spec,
+        return None, f"at its maximum of {maximum} instance(s)", False
+    offers, reasons, retry = choose_offers(project_id=fleet.project_id, fleet_spec=fleet.spec, run_spec=run_spec,
                                     where=where)
     if not offers:
-        return None, "; ".join(reasons) or "no offer matches"
+        return None, "; ".join(reasons) or "no offer matches", retry
     backend, offer, total = offers[0]
     try:
         instance = create_instance(
@@ -155,11 +158,11 @@ def grow_fleet(*, fleet: Fleet, run_spec: dict | None = None, up_to: int | None 
     except Conflict as err:  # drained since the offers were read: the next pass looks elsewhere
         if err.code != "backend_draining":
             raise
-        return None, f"backend {backend.name} is draining"
+        return None, f"backend {backend.name} is draining", False
     if instance is None:
-        return None, f"at its maximum of {maximum} instance(s)" if limit == maximum else ""
+        return None, f"at its maximum of {maximum} instance(s)" if limit == maximum else "", False
     kick("fleets.process_instances")
-    return instance, ""
+    return instance, "", False
 
 
 # --- fleets -----------------------------------------------------------------------------------
@@ -193,7 +196,7 @@ def _reconcile_fleet(fleet: Fleet, keep_lease=lambda: None) -> int:
     # a big fleet grows GROWTH_PER_PASS instances a pass, so one fleet cannot hold a worker long.
     for _ in range(min(GROWTH_PER_PASS, max(0, min(fleet.spec["nodes"]["min"], MAX_NODES) - live))):
         keep_lease()  # each growth reads offers from the providers: a long pass keeps its claim
-        instance, why = grow_fleet(fleet=fleet, up_to=fleet.spec["nodes"]["min"])
+        instance, why, _ = grow_fleet(fleet=fleet, up_to=fleet.spec["nodes"]["min"])
         if instance is None:
             break
         created += 1

@@ -36,6 +36,7 @@ class Attempt:
     """Why each candidate did not fit, to tell the user what was looked for."""
 
     reasons: list[str] = field(default_factory=list)
+    retry: bool = False  # a provider could not be asked: try again rather than give up
 
     def add(self, where: str, why: str) -> None:
         self.reasons.append(f"{where}: {why}")
@@ -210,9 +211,11 @@ def _place_on_new_instance(job: Job, attempt: Attempt, current: Pass, choice: Vo
     if choice is not None and not choice.anywhere():
         return False  # no place holds a volume for every mount point: no instance could help
     for fleet in _growable_fleets(job.run):
-        instance, why = grow_fleet(fleet=fleet, run_spec=job.run.spec, where=choice.fits if choice else None)
+        instance, why, retry = grow_fleet(fleet=fleet, run_spec=job.run.spec,
+                                          where=choice.fits if choice else None)
         if instance is None:
             attempt.add(f"fleet {fleet.name}", why)
+            attempt.retry = attempt.retry or retry
             continue
         current.forget()
         blocks, _ = blocks_needed(instance.resources, instance.total_blocks, job.run.spec["resources"])
@@ -282,6 +285,10 @@ def _cannot_place(run: Run, jobs: list[Job], attempt: Attempt, choice: VolumeCho
             message = f"no place holds a usable volume for every mount point of {jobs[0].name}: {choice.explain()}"
     retry = run.spec.get("retry") or {}
     waited = (timezone.now() - run.submitted_at).total_seconds()
+    if attempt.retry:  # a provider error is no answer: the job waits for the next pass, saying why
+        Job.objects.filter(pk__in=[j.pk for j in jobs]).update(status_message=f"retrying: {message}")
+        Run.objects.filter(pk=run.pk, status=RunStatus.SUBMITTED).update(status_message=f"retrying: {message}")
+        return
     if "no-capacity" in retry.get("on_events", []) and waited < retry.get("duration", 0):
         Run.objects.filter(pk=run.pk, status__in=(RunStatus.SUBMITTED, RunStatus.PENDING)).update(
             status=RunStatus.PENDING, status_message=message, updated_at=timezone.now())

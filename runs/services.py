@@ -35,6 +35,8 @@ def _check_references(project: Project, spec: dict) -> None:
         raise InvalidInput(f"fleets: no fleet named {', '.join(map(repr, missing))} in project '{project.name}'",
                            field="fleets")
     for i, mount in enumerate(spec.get("volumes") or []):
+        if "name" not in mount:
+            continue  # an instance volume: a directory of whatever instance the job lands on
         names = mount["name"]
         found = set(Volume.objects.filter(project=project, name__in=names).exclude(status=VolumeStatus.DELETED)
                     .values_list("name", flat=True))

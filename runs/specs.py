@@ -6,6 +6,7 @@ from core.specs import (
     MAX_NODES,
     SpecError,
     check_keys,
+    kind_of,
     parse_count,
     parse_duration,
     parse_env,
@@ -99,9 +100,11 @@ def parse_run_spec(doc: dict) -> dict:
 
     Result: {"type", "name": str | None, "nodes": int (task; 1 for services), "replicas": int (service;
     1 for tasks), "commands": [str], "image", "working_dir", "env", "resources",
-    "volumes": [{"name": [str], "path": str}], "retry": dict | None, "stop_duration" and
+    "volumes": [{"name": [str], "path": str} (a network volume and its candidates) | {"instance_path": str,
+    "path": str, "optional": bool} (an instance volume)], "retry": dict | None, "stop_duration" and
     "max_duration": seconds | None (off), "fleets", "backends", "regions", "availability_zones",
     "instance_types": lists | None, "spot_policy", "max_price", "port": int | None (service only)}.
+    A mount is a network one exactly when it has "name"; a task on several nodes mounts none.
     """
     doc = require_mapping(doc, "")
     kind = doc.get("type")
@@ -112,7 +115,7 @@ def parse_run_spec(doc: dict) -> dict:
     else:
         check_keys(doc, "", SERVICE_FIELDS, UNSUPPORTED_SERVICE_FIELDS)
     stop_key = pick_alias(doc, "stop_duration", "max_stop_duration")
-    return {
+    spec = {
         "type": kind,
         "name": None if doc.get("name") is None else parse_name(doc["name"], "name"),
         "nodes": 1 if doc.get("nodes") is None else parse_int(doc["nodes"], "nodes", minimum=1, maximum=MAX_NODES),
@@ -130,6 +133,17 @@ def parse_run_spec(doc: dict) -> dict:
         **parse_placement(doc),
         "port": parse_port(require(doc, "port")) if kind == "service" else None,
     }
+    _check_network_mounts(spec["nodes"], spec["volumes"])
+    return spec
+
+
+def _check_network_mounts(nodes: int, mounts: list[dict]) -> None:
+    """A network volume attaches to one instance at a time, so the nodes of a task cannot share one."""
+    network = [i for i, mount in enumerate(mounts) if "name" in mount]
+    if nodes > 1 and network:
+        raise SpecError("volumes", f"volumes[{network[0]}] is a network volume, which attaches to one instance, so "
+                                   f"multi-node tasks (nodes: {nodes}) cannot mount one yet; instance volumes "
+                                   "('/instance/path:/path') are fine")
 
 
 def _off_duration(value: object, field: str) -> int | None:
@@ -181,7 +195,8 @@ def parse_port(value: object, field: str = "port") -> int:
 
 
 def parse_mounts(value: object, field: str = "volumes") -> list[dict]:
-    """Network volume mount points [{"name": [candidates], "path": absolute path}], each path used once."""
+    """Mount points, each container path used once: network volumes {"name": [candidates], "path"} and
+    instance volumes {"instance_path", "path", "optional"}, both paths absolute and normalized."""
     if value is None:
         return []
     if not isinstance(value, list):
@@ -197,21 +212,41 @@ def parse_mounts(value: object, field: str = "volumes") -> list[dict]:
 
 
 def _parse_mount(item: object, field: str) -> dict:
-    """One mount: 'name:/path' or {name: str | [str], path: /path}."""
+    """One mount: 'name:/path', '/instance/path:/path', {name: str | [str], path} or {instance_path, path,
+    optional}."""
     if isinstance(item, str):
-        if item.startswith("/"):
-            raise SpecError(field, "instance volumes are not supported yet: use a network volume as 'name:/path'")
-        name, sep, path = item.partition(":")
+        source, sep, path = item.partition(":")
         if not sep:
-            raise SpecError(field, f"expected 'name:/path', got {item!r}")
-        return {"name": _volume_names(name, field), "path": _mount_path(path, field)}
+            raise SpecError(field, f"expected 'name:/path' or '/instance/path:/path', got {short_repr(item)}")
+        if source.startswith("/"):
+            return {"instance_path": _absolute_path(source, field), "path": _mount_path(path, field),
+                    "optional": False}
+        return {"name": _volume_names(source, field), "path": _mount_path(path, field)}
     mount = require_mapping(item, field)
     if "instance_path" in mount:
-        raise SpecError(subfield(field, "instance_path"), "instance volumes are not supported yet")
+        return _parse_instance_mount(mount, field)
     check_keys(mount, field, ("name", "path"))
     return {
         "name": _volume_names(require(mount, "name", f"{field}.name"), f"{field}.name"),
         "path": _mount_path(require(mount, "path", f"{field}.path"), f"{field}.path"),
+    }
+
+
+def _parse_instance_mount(mount: dict, field: str) -> dict:
+    """dstack's instance volume: a directory of the instance mounted into the container. ``optional``: the
+    run may go where instance volumes are not supported, without it."""
+    if "name" in mount:
+        raise SpecError(subfield(field, "name"), "give either 'name' (a network volume) or 'instance_path' "
+                                                 "(an instance volume), not both")
+    check_keys(mount, field, ("instance_path", "path", "optional"))
+    optional = False if mount.get("optional") is None else mount["optional"]
+    if not isinstance(optional, bool):
+        raise SpecError(subfield(field, "optional"), f"expected a boolean, got {kind_of(optional)}")
+    return {
+        "instance_path": _absolute_path(require(mount, "instance_path", subfield(field, "instance_path")),
+                                        subfield(field, "instance_path")),
+        "path": _mount_path(require(mount, "path", subfield(field, "path")), subfield(field, "path")),
+        "optional": optional,
     }
 
 
@@ -229,10 +264,15 @@ def _volume_names(value: object, field: str) -> list[str]:
 
 def _mount_path(value: object, field: str) -> str:
     """An absolute container path other than '/', normalized so '/data/' and '/data' are the same mount point."""
-    path = parse_str(value, field)
-    if not path.startswith("/"):
-        raise SpecError(field, f"the mount path must be absolute, got {path!r}")
-    path = posixpath.normpath(path)
+    path = _absolute_path(value, field)
     if path == "/":
         raise SpecError(field, "cannot mount a volume at /")
     return path
+
+
+def _absolute_path(value: object, field: str) -> str:
+    """An absolute path, normalized ('/data/./x/' -> '/data/x', '//data' -> '/data')."""
+    path = parse_str(value, field)
+    if not path.startswith("/"):
+        raise SpecError(field, f"the path must be absolute, got {short_repr(path)}")
+    return posixpath.normpath("/" + path.lstrip("/"))  # normpath keeps a leading '//' (POSIX allows it a meaning)

@@ -41,7 +41,7 @@ from fleets.provisioning import reconcile_fleets
 from runs.models import JOB_FINISHED_STATES, Job, Run
 from tests import factories
 from tests.timelimit_tasks import STUCK_TIME_LIMIT
-from volumes.models import Volume
+from volumes.models import Volume, VolumeAttachment
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LATENCY = 1.0  # seconds per sim call: creates and terminates are long enough to be killed in the middle
 NODES = 6
 FLEET_YAML = f"type: fleet\nname: chaos\nnodes: {NODES}\nbackends: [sim]\nresources: {{gpu: L4:1}}\n"
-LEASED_MODELS = (Fleet, Instance, Job, Volume)
+LEASED_MODELS = (Fleet, Instance, Job, Volume, VolumeAttachment)
 IDLE_QUEUE = "chaos-standby"  # a stand-by worker listens here (nothing is ever sent to it) until told otherwise
 # Celery 5.7.0 (commit feb789acc, "prevent graceful shutdown regression in connection recovery", #10242):
 # on a lost Redis connection the consumer calls connection.collect() and then connection.close(); the

@@ -17,6 +17,7 @@ from core.events import record_event
 from core.pipeline import Reconciler, Step
 from core.transitions import compare_and_swap
 from volumes.models import Volume, VolumeStatus
+from volumes.services import delete_unused_volumes
 
 logger = logging.getLogger(__name__)
 
@@ -140,5 +141,6 @@ class Deleter(_VolumeLoop):
 
 
 def process_volumes() -> int:
-    """One pass: provision submitted volumes, then delete the ones being deleted."""
-    return Provisioner().run() + Deleter().run()
+    """One pass: provision submitted volumes, move the ones unused past their ``auto_cleanup_duration``
+    to ``deleting``, then delete the ones being deleted (those just moved included)."""
+    return Provisioner().run() + delete_unused_volumes() + Deleter().run()

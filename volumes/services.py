@@ -205,8 +205,9 @@ def request_detach(attachments, *, force: bool, force_after=None, actor: str = "
             Q(status__in=DETACHABLE_STATES) | Q(status=AttachmentStatus.DETACHING, force=False) if force
             else Q(status__in=DETACHABLE_STATES)).select_related("volume", "instance").order_by("pk"))
         for attachment in rows:
-            never_there = not attachment.instance.provider_instance_id and attachment.attached_at is None
-            if never_there and attachment.status != AttachmentStatus.DETACHING:
+            never_there = (attachment.status in (AttachmentStatus.ATTACHING, AttachmentStatus.FAILED)
+                           and attachment.attached_at is None and not attachment.instance.provider_instance_id)
+            if never_there:
                 VolumeAttachment.objects.filter(pk=attachment.pk).update(
                     status=AttachmentStatus.DETACHED, detach_requested_at=now, detached_at=now)
                 _event(attachment.volume, "detached", f"from instance {attachment.instance.name}, which never "

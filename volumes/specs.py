@@ -4,6 +4,7 @@ from core.specs import (
     SpecError,
     check_keys,
     check_type,
+    parse_duration,
     parse_name,
     parse_size,
     parse_str,
@@ -12,9 +13,10 @@ from core.specs import (
     short_repr,
 )
 
-VOLUME_FIELDS = ("type", "name", "backend", "region", "availability_zone", "size", "volume_id")
+VOLUME_FIELDS = ("type", "name", "backend", "region", "availability_zone", "size", "volume_id",
+                 "auto_cleanup_duration")
 # dstack volume fields Stackyard does not implement: refused by name rather than silently dropped.
-UNSUPPORTED_VOLUME_FIELDS = ("auto_cleanup_duration", "tags")
+UNSUPPORTED_VOLUME_FIELDS = ("tags",)
 MAX_VOLUME_SIZE_GB = 65536  # 64 TB, the largest network volume a cloud offers (README "Limits")
 
 
@@ -22,8 +24,9 @@ def parse_volume_spec(doc: dict) -> dict:
     """Validate a volume document and return its normalized spec, or raise SpecError naming the bad field.
 
     Result: {"type": "volume", "name", "backend", "region", "availability_zone": str | None,
-    "size_gb": int | None, "volume_id": str | None}. ``size`` is required unless ``volume_id``
-    registers an existing volume; when both are given the size is kept as information.
+    "size_gb": int | None, "volume_id": str | None, "auto_cleanup_seconds": int | None}. ``size`` is
+    required unless ``volume_id`` registers an existing volume; when both are given the size is kept
+    as information. ``auto_cleanup_duration`` becomes ``auto_cleanup_seconds``.
     """
     doc = require_mapping(doc, "")
     check_type(doc, "volume")
@@ -40,6 +43,7 @@ def parse_volume_spec(doc: dict) -> dict:
         "availability_zone": None if zone is None else parse_str(zone, "availability_zone"),
         "size_gb": None if doc.get("size") is None else parse_size_gb(doc["size"]),
         "volume_id": volume_id,
+        "auto_cleanup_seconds": parse_cleanup_duration(doc.get("auto_cleanup_duration")),
     }
 
 
@@ -49,3 +53,10 @@ def parse_size_gb(value: object, field: str = "size") -> int:
     if size <= 0 or size != int(size):
         raise SpecError(field, f"must be a positive whole number of GB, got {short_repr(value)}")
     return int(size)
+
+
+def parse_cleanup_duration(value: object, field: str = "auto_cleanup_duration") -> int | None:
+    """Seconds a volume may stay unused before it is deleted (1h, 30m, 3600), at most a year; None
+    (never, the default) for off, -1 or 0, as dstack reads them."""
+    seconds = None if value is None else parse_duration(value, field, allow_off=True)
+    return seconds or None

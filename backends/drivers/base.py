@@ -282,8 +282,10 @@ class Driver(abc.ABC):
         """True once the volume is no longer attached to that instance."""
 
     @abc.abstractmethod
-    def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict) -> str:
-        """Start the workload on the instance; return its workload id."""
+    def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict,
+                  mounts: list | None = None) -> str:
+        """Start the workload on the instance with its ``mounts`` (shaped as ``JobLaunch.mounts``);
+        return its workload id. ``FatalError`` if a network volume it mounts is not attached there."""
 
     def start_jobs(self, *, jobs: list[JobLaunch]) -> list[str | DriverError]:
         """Start many workloads: for each launch, its workload id or the error starting it raised.
@@ -294,7 +296,7 @@ class Driver(abc.ABC):
         for launch in jobs:
             try:
                 results.append(self.start_job(job_name=launch.job_name, instance_id=launch.instance_id,
-                                              commands=launch.commands, env=launch.env))
+                                              commands=launch.commands, env=launch.env, mounts=launch.mounts))
             except DriverError as err:
                 results.append(err)
         return results

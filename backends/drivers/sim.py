@@ -7,11 +7,23 @@ Guarantees beyond the ``Driver`` interface:
 * A new instance reports ``provisioning`` on its first ``instance_state`` poll and ``running``
   from then on, so the control plane always walks the provisioning path.
 * A detach is a request; it completes when ``is_volume_detached`` is next asked and no
-  ``stuck_detach`` fault holds it. Terminating an instance detaches its volumes, as EBS does.
+  ``stuck_detach`` or ``slow_detach`` fault holds it. Terminating an instance detaches its volumes,
+  as EBS does.
+* Volume calls given a ``region`` see only that region's volumes (``NotFoundError`` for others, as a
+  regional API would); ``attach_volume`` refuses a volume outside the given region or zone with
+  ``FatalError``.
+* A workload starts only if every network volume it mounts (a mount with ``volume_id``) is attached
+  to its instance and not being detached; else ``FatalError``. Its mounts are kept on ``SimJob``.
 * Job scripts: commands are split on ``&&``, ``;`` and newlines and run in order. ``sleep N``
   takes N seconds, ``exit K`` ends the script with status K; every other command takes no time.
   A script with neither runs until stopped; one with sleeps and no exit ends with status 0.
-* Faults are read on every call, so adding or clearing one takes effect at once.
+* Faults are read on every call, so adding or clearing one takes effect at once. Volume faults:
+  ``stuck_detach`` (an unforced detach never completes; a forced one completes if ``forced_ok``, else
+  it raises ``FatalError`` and changes nothing), ``slow_detach`` (``is_volume_detached`` answers
+  False ``polls`` times after the request, counted in ``SimVolume.detach_polls``), ``stuck_attach``
+  (``TransientError``, nothing attached), ``fail_volume_create`` (``FatalError``; a create retried
+  with a token that already made a volume still answers it) and ``no_capacity`` limited to one
+  ``availability_zone`` (instance creates only).
 * Resources keep the tags they were created with; ``list_tagged_resources`` lists the live ones
   tagged ``stackyard-managed=true`` (created without tags, they are someone else's).
 * Each write is one autocommit statement, a compare-and-swap where two callers could race: the
@@ -28,6 +40,7 @@ import time
 import uuid
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from backends.drivers import sim_catalogue
@@ -77,6 +90,16 @@ def plan_script(commands: list[str]) -> tuple[float | None, int | None]:
         if match := _SLEEP.fullmatch(part):
             duration, slept = duration + float(match.group(1)), True
     return (duration, 0) if slept else (None, None)
+
+
+def _mount_problem(launch: JobLaunch, attached: dict[str, str]) -> str:
+    """Why the launch cannot start with its mounts ("" if it can): a workload never starts without its data."""
+    for mount in launch.mounts:
+        if not isinstance(mount, dict) or not mount.get("path"):
+            return f"job {launch.job_name}: mount {mount!r} is not a mount (needs a path)"
+        if (volume_id := mount.get("volume_id")) and attached.get(volume_id) != launch.instance_id:
+            return f"job {launch.job_name}: volume {volume_id} is not attached to instance {launch.instance_id}"
+    return ""
 
 
 def _new_id(prefix: str) -> str:
@@ -141,13 +164,16 @@ class SimDriver(Driver):
         except SimInstance.DoesNotExist:
             raise NotFoundError(f"instance {instance_id!r} not found") from None
 
-    def _volume(self, volume_id: str, *, include_deleted: bool = False) -> SimVolume:
+    def _volume(self, volume_id: str, *, include_deleted: bool = False, region: str = "") -> SimVolume:
+        """The volume as a (regional, when ``region`` is given) API sees it, else ``NotFoundError``."""
         volumes = SimVolume.objects.filter(backend_id=self.backend.pk, volume_id=volume_id)
         if not include_deleted:
             volumes = volumes.exclude(state=SimVolumeState.DELETED)
+        if region:
+            volumes = volumes.filter(region=region)
         volume = volumes.first()
         if volume is None:
-            raise NotFoundError(f"volume {volume_id!r} not found")
+            raise NotFoundError(f"volume {volume_id!r} not found" + (f" in {region}" if region else ""))
         return volume
 
     def _job(self, workload_id: str) -> SimJob:
@@ -188,8 +214,10 @@ class SimDriver(Driver):
             raise FatalError(f"instance type {offer.instance_type!r} is not offered by this backend")
         if offer.availability_zone not in self.locations().get(offer.region, []):
             raise FatalError(f"zone {offer.availability_zone!r} is not in this backend's region {offer.region!r}")
-        if any(f["region"] == offer.region for f in self._faults(SimFaultKind.NO_CAPACITY)):
-            raise NoCapacityError(f"no capacity for {offer.instance_type} in {offer.region} (no_capacity fault)")
+        zone = offer.availability_zone
+        if any(f["region"] == offer.region and f.get("availability_zone", zone) == zone
+               for f in self._faults(SimFaultKind.NO_CAPACITY)):
+            raise NoCapacityError(f"no capacity for {offer.instance_type} in {zone} (no_capacity fault)")
         try:
             with transaction.atomic():
                 instance = SimInstance.objects.create(
@@ -276,6 +304,7 @@ class SimDriver(Driver):
             "device_name": "",
             "detach_requested": False,
             "detach_forced": False,
+            "detach_polls": 0,
         }
 
     @_sim_call
@@ -291,6 +320,8 @@ class SimDriver(Driver):
             raise FatalError(f"zone {zone!r} is not in region {region!r} (zones: {', '.join(zones[region])})")
         if not isinstance(size_gb, int) or isinstance(size_gb, bool) or size_gb <= 0:
             raise FatalError(f"volume size must be a positive number of GB, not {size_gb!r}")
+        if any(f.get("volume", name) == name for f in self._faults(SimFaultKind.FAIL_VOLUME_CREATE)):
+            raise FatalError(f"volume {name!r} could not be created (fail_volume_create fault)")
         try:
             with transaction.atomic():
                 volume = SimVolume.objects.create(
@@ -310,12 +341,12 @@ class SimDriver(Driver):
         return None if volume is None else self._info(volume)
 
     @_sim_call
-    def register_volume(self, *, volume_id: str) -> VolumeInfo:
-        return self._info(self._volume(volume_id))
+    def register_volume(self, *, volume_id: str, region: str = "") -> VolumeInfo:
+        return self._info(self._volume(volume_id, region=region))
 
     @_sim_call
-    def delete_volume(self, *, volume_id: str) -> None:
-        volume = self._volume(volume_id, include_deleted=True)
+    def delete_volume(self, *, volume_id: str, region: str = "") -> None:
+        volume = self._volume(volume_id, include_deleted=True, region=region)
         if volume.state == SimVolumeState.DELETED:
             return
         deleted = SimVolume.objects.filter(pk=volume.pk, attached_instance_id="").update(
@@ -326,14 +357,23 @@ class SimDriver(Driver):
             raise FatalError(f"volume {volume_id!r} is attached to {volume.attached_instance_id}; detach it first")
 
     @_sim_call
-    def attach_volume(self, *, volume_id: str, instance_id: str) -> str:
+    def attach_volume(self, *, volume_id: str, instance_id: str, region: str = "",
+                      availability_zone: str = "") -> str:
         volume = self._volume(volume_id)
+        zone = volume.availability_zone
+        if (region and region != volume.region) or (availability_zone and availability_zone != zone):
+            raise FatalError(f"volume {volume_id} is in {volume.availability_zone} ({volume.region}), "
+                             f"not in {availability_zone or region}")
         instance = self._instance(instance_id)
         self._check_attachable(volume, instance)
+        if volume.attached_instance_id == instance_id:  # a retried call (_check_attachable vetted it)
+            return volume.device_name
+        if any(f["volume"] == volume.name for f in self._faults(SimFaultKind.STUCK_ATTACH)):
+            raise TransientError(f"volume {volume_id} is still attaching (stuck_attach fault)")
         device = self._free_device(instance_id)
         attached = SimVolume.objects.filter(
             pk=volume.pk, state=SimVolumeState.AVAILABLE, attached_instance_id=""
-        ).update(state=SimVolumeState.IN_USE, attached_instance_id=instance_id, device_name=device)
+        ).update(state=SimVolumeState.IN_USE, attached_instance_id=instance_id, device_name=device, detach_polls=0)
         if attached:
             return device
         # Someone attached it between our read and our write: the same answer as a fresh call.
@@ -373,18 +413,22 @@ class SimDriver(Driver):
         raise FatalError(f"instance {instance_id} has no free device name left")
 
     @_sim_call
-    def detach_volume(self, *, volume_id: str, instance_id: str, force: bool) -> None:
-        volume = self._volume(volume_id, include_deleted=True)
+    def detach_volume(self, *, volume_id: str, instance_id: str, force: bool, region: str = "") -> None:
+        volume = self._volume(volume_id, include_deleted=True, region=region)
+        if volume.attached_instance_id != instance_id:
+            return  # a detach of a volume not attached to that instance has nothing left to do
+        if force and any(f["volume"] == volume.name and not f["forced_ok"]
+                         for f in self._faults(SimFaultKind.STUCK_DETACH)):
+            raise FatalError(f"forced detach of volume {volume_id} failed (stuck_detach fault, forced_ok false)")
         changes = {"detach_requested": True, "detach_forced": True} if force else {"detach_requested": True}
-        # A detach of a volume not attached to that instance has nothing left to do.
         SimVolume.objects.filter(pk=volume.pk, attached_instance_id=instance_id).update(**changes)
 
     @_sim_call
-    def is_volume_detached(self, *, volume_id: str, instance_id: str) -> bool:
-        volume = self._volume(volume_id, include_deleted=True)
+    def is_volume_detached(self, *, volume_id: str, instance_id: str, region: str = "") -> bool:
+        volume = self._volume(volume_id, include_deleted=True, region=region)
         if volume.attached_instance_id != instance_id:
             return True
-        if not volume.detach_requested or self._detach_stuck(volume):
+        if not volume.detach_requested or self._detach_stuck(volume) or self._detach_slow(volume):
             return False
         SimVolume.objects.filter(pk=volume.pk, attached_instance_id=instance_id, detach_requested=True).update(
             **self._detached_fields()
@@ -398,11 +442,26 @@ class SimDriver(Driver):
             for f in self._faults(SimFaultKind.STUCK_DETACH)
         )
 
+    def _detach_slow(self, volume: SimVolume) -> bool:
+        """Count this ask against a ``slow_detach`` fault; True while it is one of the first ``polls``.
+
+        One guarded relative UPDATE counts and decides at once, so exactly ``polls`` asks are held
+        back however many callers ask concurrently.
+        """
+        polls = max((f["polls"] for f in self._faults(SimFaultKind.SLOW_DETACH) if f["volume"] == volume.name),
+                    default=0)
+        return bool(polls) and bool(SimVolume.objects.filter(
+            pk=volume.pk, attached_instance_id=volume.attached_instance_id, detach_requested=True,
+            detach_polls__lt=polls,
+        ).update(detach_polls=F("detach_polls") + 1))
+
     # --- jobs -------------------------------------------------------------------------------
 
     @_sim_call
-    def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict) -> str:
-        result = self._start_many([JobLaunch(job_name, instance_id, list(commands), dict(env))])[0]
+    def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict,
+                  mounts: list | None = None) -> str:
+        launch = JobLaunch(job_name, instance_id, list(commands), dict(env), mounts=list(mounts or []))
+        result = self._start_many([launch])[0]
         if isinstance(result, DriverError):
             raise result
         return result
@@ -419,6 +478,8 @@ class SimDriver(Driver):
         tokens = {launch.client_token for launch in launches if launch.client_token}
         started = dict(SimJob.objects.filter(backend_id=self.backend.pk, client_token__in=tokens)
                        .values_list("client_token", "workload_id")) if tokens else {}
+        attached = self._attachments({m.get("volume_id") for launch in launches for m in launch.mounts
+                                      if isinstance(m, dict)} - {None, ""})
         now, results, rows = timezone.now(), [], []
         for launch in launches:
             instance = instances.get(launch.instance_id)
@@ -430,18 +491,27 @@ class SimDriver(Driver):
                 results.append(FatalError(f"instance {launch.instance_id} is {instance.state}"))
             elif instance.state == SimInstanceState.PROVISIONING:
                 results.append(TransientError(f"instance {launch.instance_id} is still provisioning"))
+            elif problem := _mount_problem(launch, attached):
+                results.append(FatalError(problem))
             else:
                 duration, exit_status = plan_script(list(launch.commands))
                 rows.append(SimJob(
                     backend_id=self.backend.pk, workload_id=_new_id("w"), client_token=launch.client_token,
                     job_name=launch.job_name,
                     instance_id=launch.instance_id, commands=list(launch.commands), env=dict(launch.env),
+                    mounts=list(launch.mounts),
                     started_at=now, exit_status=exit_status,
                     finishes_at=None if duration is None else now + datetime.timedelta(seconds=duration),
                 ))
                 results.append(rows[-1].workload_id)
         SimJob.objects.bulk_create(rows)
         return results
+
+    def _attachments(self, volume_ids: set[str]) -> dict[str, str]:
+        """``{volume_id: instance_id}`` of those volumes attached and not being detached (one query)."""
+        return dict(SimVolume.objects.filter(backend_id=self.backend.pk, volume_id__in=volume_ids,
+                                             detach_requested=False).exclude(attached_instance_id="")
+                    .values_list("volume_id", "attached_instance_id")) if volume_ids else {}
 
     @_sim_call
     def stop_job(self, *, workload_id: str) -> None:

@@ -199,10 +199,25 @@ def _is_instance_name(value) -> bool:
     return _is_name(value) and len(value) <= 80
 
 
+MAX_DETACH_POLLS = 1000
+
+
+def _is_poll_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_DETACH_POLLS
+
+
 # kind -> {key: (check, what the value must be)}; every key is required and no other key is allowed.
 FAULT_SCHEMAS: dict[str, dict[str, tuple]] = {
+    # An unforced detach never completes; a forced one completes if forced_ok, else it is refused.
     "stuck_detach": {"volume": (_is_name, "a volume name"), "forced_ok": (_is_flag, "true or false")},
+    # is_volume_detached answers False to the first ``polls`` asks after the detach request.
+    "slow_detach": {"volume": (_is_name, "a volume name"),
+                    "polls": (_is_poll_count, f"an integer 1..{MAX_DETACH_POLLS}")},
+    "stuck_attach": {"volume": (_is_name, "a volume name")},
+    # Instance creates in the region (only in ``availability_zone`` if given) get NoCapacityError.
     "no_capacity": {"region": (_is_name, "a region name")},
+    # Volume creates fail for good (only those of ``volume`` if given).
+    "fail_volume_create": {},
     "crash_job": {"job": (_is_name, "a job name"), "exit_status": (_is_exit_status, "an exit status 1..255")},
     "interrupt_instance": {"instance": (_is_name, "an instance name")},
     "api_errors": {"rate": (_is_rate, "a probability, 0 < rate <= 1")},
@@ -212,6 +227,8 @@ FAULT_SCHEMAS: dict[str, dict[str, tuple]] = {
 # kind -> {key: (check, what the value must be)} of the keys a fault may leave out.
 OPTIONAL_FAULT_KEYS: dict[str, dict[str, tuple]] = {
     "orphan_instance": {"name": (_is_instance_name, "an instance name of at most 80 characters")},
+    "no_capacity": {"availability_zone": (_is_name, "a zone name")},
+    "fail_volume_create": {"volume": (_is_name, "a volume name")},
 }
 
 
@@ -235,4 +252,8 @@ def validate_fault(payload: dict) -> dict:
         if key in params and not check(params[key]):
             detail = f"fault {kind}: {key!r} must be {description}, not {params[key]!r}"
             raise InvalidInput(detail, code="invalid_fault", field=key)
+    # A zone outside the region would be a fault that silently never fires.
+    if (zone := params.get("availability_zone")) is not None and zone not in zones_of(params["region"]):
+        detail = f"fault {kind}: availability_zone {zone!r} is not a zone of {params['region']!r}"
+        raise InvalidInput(detail, code="invalid_fault", field="availability_zone")
     return {"kind": kind, **params}

@@ -1,6 +1,9 @@
 """Faults of a sim backend: the API and the admin add, list and clear them; the sim driver reads them.
 
-Each kind is described in ``sim_catalogue.FAULT_SCHEMAS``; a fault applies from the next driver call on.
+Each kind's keys are in ``sim_catalogue.FAULT_SCHEMAS`` (required) and ``OPTIONAL_FAULT_KEYS``; what
+each does is in ``backends.drivers.sim``'s docstring. A fault applies from the next driver call on.
+Kinds: ``stuck_detach``, ``slow_detach``, ``stuck_attach``, ``no_capacity`` (optionally one zone),
+``fail_volume_create``, ``crash_job``, ``interrupt_instance``, ``api_errors``, ``orphan_instance``.
 """
 
 from django.db import transaction

@@ -131,10 +131,11 @@ def test_no_capacity_everywhere_backs_off_instead_of_churning(sim_backend, api, 
         api.post(FAULTS, {"kind": "no_capacity", "region": region}, format="json")
     apply("type: fleet\nname: any\nnodes: 1\nresources: {gpu: L4:1}\n")
     reconcile(rounds=5)
-    # One attempt per region, then a pause (not one doomed instance per tick).
-    assert Instance.objects.count() == 2
-    assert Instance.objects.filter(termination_reason="no_capacity").count() == 2
-    assert "no capacity in eu-west-1, us-east-1 just now" in Fleet.objects.get().status_message
+    # One attempt per zone (two regions of two zones), then a pause (not one doomed instance per tick).
+    assert Instance.objects.count() == 4
+    assert Instance.objects.filter(termination_reason="no_capacity").count() == 4
+    assert ("no capacity in eu-west-1a, eu-west-1b, us-east-1a, us-east-1b just now"
+            in Fleet.objects.get().status_message)
     Instance.objects.update(updated_at=timezone.now() - timedelta(seconds=20))
     api.delete(FAULTS)
     reconcile()

@@ -157,18 +157,6 @@ def test_instances_of_another_project_are_never_used(sim_backend, api, apply, re
     assert _run(api, "mine")["termination_reason"] == "no_capacity"
 
 
-def test_a_run_with_volumes_is_never_run_without_them(sim_backend, api, apply, reconcile):
-    apply(GPU8)
-    apply("type: volume\nname: data-eu\nbackend: sim\nregion: eu-west-1\nsize: 10GB\n")
-    reconcile()
-    apply("type: task\nname: train\ncommands: [train]\nresources: {gpu: 1}\nvolumes: ['data-eu:/data']\n")
-    reconcile()
-    run = _run(api, "train")
-    assert (run["status"], run["termination_reason"]) == ("failed", "volume_error")
-    assert "attaching volumes to jobs is not built yet" in run["status_message"]
-    assert _instance("gpu8-0").busy_blocks == 0
-
-
 def test_a_multi_node_replica_split_by_a_claim_waits_for_all_its_nodes(sim_backend, api, apply, reconcile):
     from runs.placement import place_jobs
 
