@@ -383,3 +383,18 @@ def test_a_failed_volume_create_is_visible_and_the_run_is_told(fleet, api, apply
     run = run_of(api, "train")
     assert (run["status"], run["termination_reason"]) == ("failed", "volume_error")
     assert "data (sim, eu-west-1): not active (failed" in run["status_message"]
+
+
+def test_instance_volumes_reach_the_workload_with_no_attach(fleet, api, apply, reconcile, sim_backend):
+    volume(apply, "data")
+    reconcile()
+    running_with(api, apply, reconcile, mounts="['/mnt/cache:/cache', data:/data, "
+                                               "{instance_path: /mnt/models, path: /models, optional: true}]")
+    job = Job.objects.get(run__name="train")
+    assert job.volumes == [{"instance_path": "/mnt/cache", "path": "/cache"}, {"name": "data", "path": "/data"},
+                           {"instance_path": "/mnt/models", "path": "/models"}]
+    mounts = sim_backend.sim_jobs.get().mounts
+    assert mounts[0] == {"path": "/cache", "instance_path": "/mnt/cache"}
+    assert mounts[1]["path"] == "/data" and mounts[1]["device_name"] == "/dev/sdf"
+    assert mounts[2] == {"path": "/models", "instance_path": "/mnt/models"}
+    assert VolumeAttachment.objects.count() == 1  # only the network volume was attached

@@ -20,6 +20,6 @@ class VolumeSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Volume
-        fields = ["name", "backend", "region", "availability_zone", "size_gb", "volume_id", "external", "status",
-                  "status_message", "attachments", "created_at", "updated_at"]
+        fields = ["name", "backend", "region", "availability_zone", "size_gb", "volume_id", "external",
+                  "auto_cleanup_seconds", "status", "status_message", "attachments", "created_at", "updated_at"]
         read_only_fields = fields
