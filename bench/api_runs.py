@@ -208,35 +208,46 @@ COMMIT;
 """
 
 
-def pgbench_floor(env: dict) -> float:
-    """Transactions per second of one placement's SQL (rolled back to its start, so repeatable)."""
+PLACEMENT_IDS = {"i": "fleets.Instance", "j": "runs.Job"}
+
+
+def pgbench_floor(env: dict, script: str = PGBENCH_PLACEMENT, ids: dict[str, str] = PLACEMENT_IDS) -> float:
+    """Transactions per second of ``script`` (by default one placement's SQL, rolled back to its start, so
+    repeatable); ``ids`` names the model whose smallest and largest id each ``:<key>min``/``:<key>max`` is."""
     if shutil.which("pgbench") is None:
         return float("nan")
     url = urlparse(env["DATABASE_URL"])
+    bounds = ", ".join(f"*apps.get_model({model!r}).objects.aggregate(Min('id'), Max('id')).values()"
+                       for model in ids.values())
     out = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c",
-         "from fleets.models import Instance; from runs.models import Job; "
-         "print(min(Instance.objects.values_list('id', flat=True)), max(Instance.objects.values_list('id', flat=True)),"
-         " min(Job.objects.values_list('id', flat=True)), max(Job.objects.values_list('id', flat=True)))"],
+         f"from django.apps import apps; from django.db.models import Max, Min; print({bounds})"],
         cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout.splitlines()[-1].split()
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
-        script.write(PGBENCH_PLACEMENT)
+    variables = [arg for n, key in enumerate(ids) for arg in
+                 ("-D", f"{key}min={out[2 * n]}", "-D", f"{key}max={out[2 * n + 1]}")]
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
+        file.write(script)
     result = subprocess.run(
         ["pgbench", "-h", url.hostname or "127.0.0.1", "-U", url.username or "postgres", "-n", "-c", str(CLIENTS),
-         "-j", "2", "-T", "5", "-f", script.name, "-D", f"imin={out[0]}", "-D", f"imax={out[1]}",
-         "-D", f"jmin={out[2]}", "-D", f"jmax={out[3]}", url.path.lstrip("/")],
+         "-j", "2", "-T", "5", "-f", file.name, *variables, url.path.lstrip("/")],
         capture_output=True, text=True, check=True).stdout
     return float(next(line for line in result.splitlines() if line.startswith("tps")).split()[2])
+
+
+def stack_env() -> dict:
+    """The environment of a bench's ``runstack``: our token, beat at 1 s, a fresh data dir (its logs/)."""
+    env = {**os.environ, "STACKYARD_ADMIN_TOKEN": TOKEN, "STACKYARD_RECONCILE_INTERVAL": "1",
+           "STACKYARD_DATA_DIR": tempfile.mkdtemp(prefix="stackyard-bench-")}
+    if not env.get("DATABASE_URL", "").startswith("postgres"):
+        sys.exit(f"bench/{Path(sys.argv[0]).name} measures PostgreSQL + Redis: set DATABASE_URL and CELERY_BROKER_URL")
+    return env
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    env = {**os.environ, "STACKYARD_ADMIN_TOKEN": TOKEN, "STACKYARD_RECONCILE_INTERVAL": "1",
-           "STACKYARD_DATA_DIR": tempfile.mkdtemp(prefix="stackyard-bench-")}
-    if not env.get("DATABASE_URL", "").startswith("postgres"):
-        sys.exit("bench/api_runs.py measures PostgreSQL + Redis: set DATABASE_URL and CELERY_BROKER_URL")
+    env = stack_env()
     reset_database(env)
     port = free_port()
     stack = start_stack(env, port)

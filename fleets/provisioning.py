@@ -71,8 +71,8 @@ def choose_offers(*, project_id: int, fleet_spec: dict, run_spec: dict | None = 
     ``where(backend_id, region, zone)``, if given, says which places the run can use (for example,
     where its volumes are). Returns ``([(backend, offer, total_blocks), ...], reasons, retry)`` where
     ``reasons`` says why the backends gave nothing, and ``retry`` that a backend could not be asked
-    (a transient provider error): nothing found may then be found on the next try. Offers in a zone that just ran out of capacity
-    come last, after a while in which they are skipped.
+    (a transient provider error): nothing found may then be found on the next try. Offers in a zone
+    that just ran out of capacity come last, after a while in which they are skipped.
     """
     names = fleet_spec.get("backends") or []
     backends = Backend.objects.filter(project_id=project_id)

@@ -3,7 +3,6 @@ force on abort and after stop_duration, errors that are never taken for a detach
 
 import pytest
 
-from backends.drivers import sim_faults
 from core.models import Event
 from fleets.models import Instance
 from runs.models import Job
