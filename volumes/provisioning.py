@@ -60,7 +60,7 @@ class Provisioner(_VolumeLoop):
             try:
                 driver = self.drivers.get(volume.backend)
                 if volume.external:
-                    results[volume.pk] = driver.register_volume(volume_id=volume.volume_id)
+                    results[volume.pk] = driver.register_volume(volume_id=volume.volume_id, region=volume.region)
                 else:
                     results[volume.pk] = driver.create_volume(
                         name=volume.name, region=volume.region, availability_zone=volume.availability_zone or None,
@@ -95,7 +95,7 @@ class Provisioner(_VolumeLoop):
 
     def _delete_leftover(self, volume: Volume, volume_id: str) -> None:
         try:
-            self.drivers.get(volume.backend).delete_volume(volume_id=volume_id)
+            self.drivers.get(volume.backend).delete_volume(volume_id=volume_id, region=volume.region)
         except DriverError as err:
             logger.warning("could not delete volume %s, created for %s after it was deleted: %s; the orphan finder "
                            "will report it", volume_id, volume.name, err)
@@ -121,7 +121,7 @@ class Deleter(_VolumeLoop):
                     found = driver.find_volume(client_token=client_token(volume))
                     volume_id = found.volume_id if found else ""
                 if volume_id:
-                    driver.delete_volume(volume_id=volume_id)
+                    driver.delete_volume(volume_id=volume_id, region=volume.region)
                 results[volume.pk] = None
             except NotFoundError:
                 results[volume.pk] = None  # already gone at the provider

@@ -397,3 +397,16 @@ def test_instance_volumes_reach_the_workload_with_no_attach(fleet, api, apply, r
     assert mounts[1]["path"] == "/data" and mounts[1]["device_name"] == "/dev/sdf"
     assert mounts[2] == {"path": "/models", "instance_path": "/mnt/models"}
     assert VolumeAttachment.objects.count() == 1  # only the network volume was attached
+
+
+def test_registering_a_volume_looks_for_it_in_its_region(sim_backend, api, apply, reconcile):
+    volume(apply, "made-in-us", "us-east-1")
+    reconcile()
+    volume_id = api.get(f"{P}/volumes/made-in-us/").json()["volume_id"]
+    apply(f"type: volume\nname: wrong\nbackend: sim\nregion: eu-west-1\nvolume_id: {volume_id}\n")
+    apply(f"type: volume\nname: right\nbackend: sim\nregion: us-east-1\nvolume_id: {volume_id}\n")
+    reconcile()
+    wrong = api.get(f"{P}/volumes/wrong/").json()
+    assert wrong["status"] == "failed" and "not found" in wrong["status_message"]
+    right = api.get(f"{P}/volumes/right/").json()
+    assert (right["status"], right["external"], right["availability_zone"]) == ("active", True, "us-east-1a")
