@@ -115,7 +115,8 @@ def _escalate_to_abort(run: Run, actor: str) -> None:
             # A job that ended on its own (done, failed) keeps its reason; a stopping one is now aborted.
             run.jobs.filter(status=JobStatus.TERMINATING, termination_reason__in=(
                 JobTerminationReason.STOPPED_BY_USER, JobTerminationReason.STOPPED_BY_SERVER)).update(
-                termination_reason=JobTerminationReason.ABORTED_BY_USER, lease_until=None, last_processed_at=None)
+                termination_reason=JobTerminationReason.ABORTED_BY_USER, lease_until=None, lease_owner="",
+                last_processed_at=None)
             record_run_event(run, "abort_requested", actor=actor)
         # Detaches under way are forced at once (again safe on a second abort); the others are asked
         # forced by the stop loop as soon as their workload is stopped.
