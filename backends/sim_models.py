@@ -1,8 +1,9 @@
 """State of the simulated cloud behind ``sim`` backends, kept in the database (like kwok or moto).
 
 These rows are the "provider side": what a real cloud would know about instances, volumes and the
-workloads on them, plus the faults an operator injected. Only ``backends.drivers.sim`` writes them;
-the control plane sees them through the driver interface, never directly. They are imported into
+workloads on them, plus the faults an operator injected. Only the sim driver (``backends.drivers.sim``
+and ``sim_volumes``) writes them; the control plane sees them through the driver interface, never
+directly. They are imported into
 ``backends.models`` so they belong to the ``backends`` app.
 """
 
