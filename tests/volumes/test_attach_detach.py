@@ -410,3 +410,21 @@ def test_registering_a_volume_looks_for_it_in_its_region(sim_backend, api, apply
     assert wrong["status"] == "failed" and "not found" in wrong["status_message"]
     right = api.get(f"{P}/volumes/right/").json()
     assert (right["status"], right["external"], right["availability_zone"]) == ("active", True, "us-east-1a")
+
+
+def test_only_an_attachment_that_may_be_attached_holds_its_instance(project, sim_backend):
+    from django.utils import timezone
+
+    from fleets.holders import held
+    from tests import factories
+
+    fleet = factories.FleetFactory(project=project)
+    cases = {"attaching": None, "attached": timezone.now(), "detaching": None, "detached": timezone.now(),
+             "failed": None, "failed-after-attach": timezone.now()}
+    instances = {}
+    for n, (case, attached_at) in enumerate(cases.items()):
+        instances[case] = factories.InstanceFactory(fleet=fleet, backend=sim_backend, instance_num=n)
+        factories.VolumeFactory(project=project, backend=sim_backend).attachments.create(
+            instance=instances[case], status=case.split("-")[0], attached_at=attached_at)
+    holding = set(Instance.objects.filter(held()).values_list("name", flat=True))
+    assert holding == {instances[c].name for c in ("attaching", "attached", "detaching", "failed-after-attach")}
