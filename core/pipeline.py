@@ -135,8 +135,12 @@ class Reconciler(abc.ABC):
                 steps[row.pk] = Step(failed=f"internal error, retrying: {err}")
         return steps
 
+    def after_batch(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Work to do once a batch is recorded and given back (for example telling the rows' owners,
+        so that what waits on this batch does not wait for the whole pass)."""
+
     def finish(self) -> None:  # noqa: B027 - optional hook, empty by default
-        """Work to do once per pass, after every batch (for example re-deriving run statuses)."""
+        """Work to do once per pass, after every batch."""
 
     # --- the pipeline itself ------------------------------------------------------------------
 
@@ -175,6 +179,7 @@ class Reconciler(abc.ABC):
         else:
             steps = self.record_batch(rows, results)
         self._give_back(rows, steps, owner)
+        self.after_batch()
         return sum(1 for step in steps.values() if step.changed)
 
     def _give_back(self, rows: list, steps: dict[int, Step], owner: str) -> None:

@@ -53,8 +53,13 @@ class _JobLoop(Reconciler):
             self.touched_runs.add(job.run_id)
         return Step(changed=moved, **step)
 
+    def after_batch(self) -> None:
+        # Per batch, not per pass: a run ends as soon as the batch that finished its jobs is recorded.
+        touched, self.touched_runs = self.touched_runs, set()
+        refresh_run_statuses(touched)
+
     def finish(self) -> None:
-        refresh_run_statuses(self.touched_runs)
+        self.after_batch()
 
 
 class VolumeLost(Exception):

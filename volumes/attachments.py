@@ -50,7 +50,9 @@ def _where(attachment: VolumeAttachment) -> str:
 class _AttachmentLoop(Reconciler):
     model = VolumeAttachment
     message_field = "error"
-    batch_size = 100
+    # Each attachment takes its own provider calls (no batched API for them): small batches get
+    # each outcome recorded, and its job told, soon after its calls rather than after a hundred.
+    batch_size = 10
     lease_seconds = 30
 
     def __init__(self):
@@ -66,10 +68,15 @@ class _AttachmentLoop(Reconciler):
         if attachment.job_id:
             self.settled_jobs.add(attachment.job_id)
 
-    def finish(self) -> None:
+    def after_batch(self) -> None:
+        # Per batch: a job waiting on this batch's attachments moves on without waiting for the pass.
         if self.settled_jobs:
-            attachments_changed.send(sender=type(self), job_ids=sorted(self.settled_jobs))
+            settled, self.settled_jobs = sorted(self.settled_jobs), set()
+            attachments_changed.send(sender=type(self), job_ids=settled)
             kick("runs.process_jobs")
+
+    def finish(self) -> None:
+        self.after_batch()
 
 
 # --- attach ---------------------------------------------------------------------------------------
@@ -196,6 +203,8 @@ class Detacher(_AttachmentLoop):
             if attachment.error:
                 VolumeAttachment.objects.filter(pk=attachment.pk).update(error="")
                 self.settled(attachment)
+            if VolumeAttachment.objects.filter(pk=attachment.pk, force=True, force_sent=False).exists():
+                return Step()  # forced during our call (an abort): sent at once, not after the poll rest
             waited = (timezone.now() - (attachment.detach_requested_at or timezone.now())).total_seconds()
             return Step(after=min(DETACH_POLL_MAX_SECONDS, max(DETACH_POLL_SECONDS, waited / 10)))
         with transaction.atomic():
