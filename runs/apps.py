@@ -27,9 +27,12 @@ class RunsConfig(AppConfig):
 
 
 def _jobs_due_now(sender, job_ids, **kwargs) -> None:
-    """An attachment of these jobs moved on: the jobs waiting on it are due at once (not after their
-    rest), so a job starts as soon as its volumes are attached and ends as soon as they are detached."""
+    """An attachment of these jobs moved on: a stopped job whose volumes are now all detached
+    finishes at once; the others waiting on it are due at once (not after their rest), so a job
+    starts as soon as its volumes are attached."""
+    from runs.jobs import finish_detached_jobs
     from runs.models import Job, JobStatus
 
+    finish_detached_jobs(job_ids)
     Job.objects.filter(pk__in=job_ids, status__in=(JobStatus.PROVISIONING, JobStatus.TERMINATING),
                        lease_owner="").update(lease_until=None, last_processed_at=None)

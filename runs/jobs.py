@@ -156,6 +156,25 @@ def final_status(reason: str) -> str:
     return FINAL_STATUS_BY_REASON.get(reason, JobStatus.FAILED)
 
 
+def stopped_finish(job: Job) -> Finish:
+    """How a terminating job whose workload is stopped (and volumes detached) finishes."""
+    message = "" if job.termination_reason in STOP_REASONS else job.status_message
+    return Finish(job.pk, final_status(job.termination_reason), job.termination_reason, job.exit_status, message)
+
+
+def finish_detached_jobs(job_ids) -> set[int]:
+    """Terminating jobs among ``job_ids`` whose workload is stopped and whose volumes are all detached
+    finish now, and their runs are derived again; returns the ids finished. Called as soon as a
+    detach is confirmed (``volumes.signals``), so a stop does not wait for another pass of the job loop."""
+    jobs = list(Job.objects.filter(pk__in=job_ids, status=JobStatus.TERMINATING, workload_stopped_at__isnull=False)
+                .only("pk", "run_id", "termination_reason", "exit_status", "status_message"))
+    holding = jobs_holding_volumes([job.pk for job in jobs])
+    ready = [job for job in jobs if job.pk not in holding]
+    finished = finish_jobs([stopped_finish(job) for job in ready])
+    refresh_run_statuses({job.run_id for job in ready if job.pk in finished})
+    return finished
+
+
 def jobs_holding_volumes(job_ids) -> set[int]:
     """The jobs among ``job_ids`` with an attachment the provider has not confirmed detached."""
     return set(VolumeAttachment.objects.filter(job_id__in=job_ids).exclude(status=AttachmentStatus.DETACHED)

@@ -14,16 +14,14 @@ from core.kicks import kick
 from core.pipeline import Reconciler, Step, group_by
 from fleets.models import INSTANCE_UP_STATES, InstanceStatus
 from runs.jobs import (
-    STOP_REASONS,
-    Finish,
     end_job,
-    final_status,
     finish_jobs,
     force_deadline,
     mark_jobs_running,
     refresh_run_statuses,
     request_job_stop,
     return_job_to_queue,
+    stopped_finish,
 )
 from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
 from volumes.models import AttachmentStatus, VolumeAttachment
@@ -181,9 +179,7 @@ class Stopper(_JobLoop):
             if job.pk in outstanding:
                 steps[job.pk] = self._wait_for_volumes(job, outstanding[job.pk])
             else:
-                message = "" if job.termination_reason in STOP_REASONS else job.status_message
-                finishes.append(Finish(job.pk, final_status(job.termination_reason), job.termination_reason,
-                                       job.exit_status, message))
+                finishes.append(stopped_finish(job))
         Job.objects.filter(pk__in=stopped, workload_stopped_at__isnull=True).update(workload_stopped_at=timezone.now())
         finished = finish_jobs(finishes)
         for job in rows:
