@@ -51,6 +51,7 @@ class SimFaultKind(models.TextChoices):
     SLOW_DETACH = "slow_detach"
     STUCK_ATTACH = "stuck_attach"
     FAIL_VOLUME_CREATE = "fail_volume_create"
+    PROBE_FAIL = "probe_fail"
 
 
 class SimInstance(models.Model):
@@ -134,6 +135,10 @@ class SimJob(models.Model):
     env = models.JSONField(default=dict)
     # What the workload mounts: [{"path", "volume_id", "device_name"} | {"path", "instance_path"}].
     mounts = models.JSONField(default=list)
+    # The service's readiness probes; they pass unless a ``probe_fail`` fault names the job.
+    probes = models.JSONField(default=list)
+    # Why a failed workload failed (``backends.drivers.base.JobFailure``), "" otherwise.
+    failure = models.CharField(max_length=16, blank=True, default="")
     state = models.CharField(max_length=16, choices=SimJobState.choices, default=SimJobState.RUNNING)
     started_at = models.DateTimeField()
     finishes_at = models.DateTimeField(null=True, blank=True)

@@ -16,6 +16,7 @@ from core.models import Event
 from core.transitions import compare_and_swap
 from fleets.blocks import give_back_blocks, take_blocks
 from fleets.models import Instance
+from runs.health import update_health
 from runs.models import (
     JOB_ACTIVE_STATES,
     RUN_FINISHED_STATES,
@@ -112,9 +113,11 @@ def mark_jobs_running(started: list[tuple[Job, str]]) -> set[int]:
     now = timezone.now()
     with transaction.atomic():
         for job, workload_id in started:
+            # Without probes a running job is ready at once; with them, once they pass (``runs.health``).
+            probes = "run" in job._state.fields_cache and job.run.spec.get("probes")
             if Job.objects.filter(pk=job.pk, status=JobStatus.PROVISIONING).update(
                     status=JobStatus.RUNNING, workload_id=workload_id, started_at=now, status_message="",
-                    updated_at=now):
+                    updated_at=now, ready=not probes):
                 moved.add(job.pk)
         Event.objects.bulk_create(
             Event(project_id=job.project_id, resource_type="job", resource_name=job.name, kind=JobStatus.RUNNING)
@@ -349,6 +352,7 @@ def refresh_run_statuses(run_ids, *, _rounds: int = 3) -> None:
     moves: dict[tuple, list[Run]] = {}
     for pk, run in runs.items():
         latest = list(jobs_by_run[pk].values())
+        update_health(run, latest)
         target = _target_status(run, latest)
         if target is None:
             continue

@@ -40,7 +40,16 @@ class RunTerminationReason(models.TextChoices):
     ABORTED_BY_USER = "aborted_by_user"
     VOLUME_ERROR = "volume_error"
     NO_CAPACITY = "no_capacity"
+    MAX_DURATION_EXCEEDED = "max_duration_exceeded"
     SERVER_ERROR = "server_error"
+
+
+class RunHealth(models.TextChoices):
+    """A service's health: all desired replicas ready, some, or none ("" for tasks)."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    DOWN = "down"
 
 
 class Run(models.Model):
@@ -60,6 +69,10 @@ class Run(models.Model):
     terminating_since = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    health = models.CharField(max_length=16, choices=RunHealth.choices, blank=True, default="")
+    # Bumped when a re-apply changes what the jobs run (commands, image, env, resources...): jobs of
+    # an older version are replaced one replica at a time (a rolling update).
+    spec_version = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["project_id", "-submitted_at", "-id"]
@@ -129,6 +142,11 @@ class Job(Leased):
     # When the provider confirmed the workload stopped (or saw it end): a terminating job then
     # waits only for its volumes to detach.
     workload_stopped_at = models.DateTimeField(null=True, blank=True)
+    # Readiness: a running job is ready once its probes passed ``ready_after`` times in a row (at once
+    # when it has none); ``probe_passes`` counts the passes in a row, a failure resets it.
+    ready = models.BooleanField(default=False)
+    probe_passes = models.PositiveIntegerField(default=0)
+    spec_version = models.PositiveIntegerField(default=0)  # the run's ``spec_version`` this job runs
     submitted_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

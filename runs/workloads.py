@@ -8,11 +8,12 @@ from datetime import timedelta
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from backends.drivers.base import JobLaunch, NotFoundError, TransientError
+from backends.drivers.base import JobFailure, JobLaunch, NotFoundError, TransientError
 from backends.drivers.registry import pass_drivers
 from core.kicks import kick
 from core.pipeline import Reconciler, Step, group_by
 from fleets.models import INSTANCE_UP_STATES, InstanceStatus
+from runs.health import record_probes
 from runs.jobs import (
     end_job,
     finish_jobs,
@@ -28,6 +29,12 @@ from volumes.models import AttachmentStatus, VolumeAttachment
 from volumes.services import request_detach
 
 POLL_SECONDS = 5
+# The job's termination reason for the provider's typed failure of its workload.
+FAILURE_REASONS = {
+    JobFailure.ERROR: JobTerminationReason.EXITED_WITH_ERROR,
+    JobFailure.INTERRUPTION: JobTerminationReason.INTERRUPTED,
+    JobFailure.NO_CAPACITY: JobTerminationReason.NO_CAPACITY,
+}
 # A job waiting for its volumes to detach is looked at again this often (and at once when one does).
 DETACH_WAIT_SECONDS = 2
 
@@ -91,7 +98,8 @@ class Starter(_JobLoop):
         def start(driver, group):
             launches = [JobLaunch(job_name=job.name, instance_id=job.instance.provider_instance_id,
                                   commands=job.run.spec.get("commands", []), env=_env(job),
-                                  client_token=f"stackyard-job-{job.pk}", mounts=mounts[job.pk]) for job in group]
+                                  client_token=f"stackyard-job-{job.pk}", mounts=mounts[job.pk],
+                                  probes=job.run.spec.get("probes") or []) for job in group]
             return dict(zip((job.pk for job in group), driver.start_jobs(jobs=launches), strict=True))
 
         results.update(self.drivers.ask([job for job, _ in ready], _backend, start))
@@ -234,14 +242,15 @@ class Poller(_JobLoop):
         if state.status == "running":
             if job.run.status not in (RunStatus.RUNNING, RunStatus.TERMINATING):
                 self.touched_runs.add(job.run_id)  # level-triggered: a run status that lags is derived again
+            if record_probes(job, state.probes_passing):
+                self.touched_runs.add(job.run_id)  # readiness moved: the service's health is derived again
             if job.status_message:
                 Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(status_message="")
             return Step(after=POLL_SECONDS)
         if state.status == "done":
             return self.changed(job, end_job(job=job, to=JobStatus.DONE, reason=JobTerminationReason.DONE,
                                              exit_status=0))
-        interrupted = state.exit_status is None and "interrupt" in (state.message or "")
-        reason = JobTerminationReason.INTERRUPTED if interrupted else JobTerminationReason.EXITED_WITH_ERROR
+        reason = FAILURE_REASONS.get(state.failure, JobTerminationReason.EXITED_WITH_ERROR)
         message = state.message or f"exited with status {state.exit_status}"
         return self.changed(job, end_job(job=job, to=JobStatus.FAILED, reason=reason,
                                          exit_status=state.exit_status, message=message))

@@ -94,13 +94,27 @@ class Offer:
     spot: bool
 
 
+class JobFailure(enum.StrEnum):
+    """Why a workload failed, as the provider knows it (never parsed from a message)."""
+
+    ERROR = "error"  # the workload exited with an error (or crashed)
+    INTERRUPTION = "interruption"  # its instance was reclaimed, lost or terminated under it
+    NO_CAPACITY = "no_capacity"  # it could not get the capacity it needed
+
+
 @dataclasses.dataclass(frozen=True)
 class JobState:
-    """A workload's status; ``exit_status`` is set when the process exited on its own."""
+    """A workload's status; ``exit_status`` is set when the process exited on its own.
+
+    ``failure`` (a ``JobFailure``) says why a ``failed`` workload failed. ``probes_passing`` is the
+    outcome of the workload's readiness probes at this poll: True or False, None when it has none.
+    """
 
     status: str
     exit_status: int | None
     message: str = ""
+    failure: str = ""
+    probes_passing: bool | None = None
 
     @property
     def finished(self) -> bool:
@@ -122,6 +136,9 @@ class JobLaunch:
     # instance ``{"path", "volume_id", "device_name"}`` or a directory of the instance
     # ``{"path", "instance_path"}`` (dstack's instance volumes).
     mounts: list = dataclasses.field(default_factory=list)
+    # dstack's readiness probes of a service replica: [{"type": "http", "url", "interval", "timeout",
+    # "ready_after", ...}]; the provider runs them and reports each poll's outcome (``probes_passing``).
+    probes: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

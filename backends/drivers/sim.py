@@ -39,6 +39,7 @@ from backends.drivers.base import (
     DriverError,
     FatalError,
     InstanceState,
+    JobFailure,
     JobLaunch,
     JobState,
     NoCapacityError,
@@ -293,7 +294,7 @@ class SimDriver(SimVolumes, Driver):
                     backend_id=self.backend.pk, workload_id=_new_id("w"), client_token=launch.client_token,
                     job_name=launch.job_name,
                     instance_id=launch.instance_id, commands=list(launch.commands), env=dict(launch.env),
-                    mounts=list(launch.mounts),
+                    mounts=list(launch.mounts), probes=list(launch.probes),
                     started_at=now, exit_status=exit_status,
                     finishes_at=None if duration is None else now + datetime.timedelta(seconds=duration),
                 ))
@@ -349,26 +350,34 @@ class SimDriver(SimVolumes, Driver):
         if job.state == SimJobState.RUNNING:
             outcome = self._outcome(job, instances)
             if outcome is None:
-                return JobState(SimJobState.RUNNING.value, None)
-            status, exit_status, message = outcome
+                return JobState(SimJobState.RUNNING.value, None, probes_passing=self._probes_passing(job))
+            status, exit_status, message, failure = outcome
             SimJob.objects.filter(pk=job.pk, state=SimJobState.RUNNING).update(
-                state=status, exit_status=exit_status, message=message, ended_at=timezone.now()
+                state=status, exit_status=exit_status, message=message, failure=failure, ended_at=timezone.now()
             )
             job.refresh_from_db()  # the stored outcome wins if another caller settled it first
-        return JobState(str(job.state), job.exit_status, job.message)
+        return JobState(str(job.state), job.exit_status, job.message, failure=job.failure)
 
-    def _outcome(self, job: SimJob, instances: dict | None = None) -> tuple[str, int | None, str] | None:
-        """What ended a running job by now, or None if it is still running."""
+    def _probes_passing(self, job: SimJob) -> bool | None:
+        """A running job's probes pass unless a ``probe_fail`` fault names it; None if it has none."""
+        if not job.probes:
+            return None
+        return not any(f["job"] == job.job_name for f in self._faults(SimFaultKind.PROBE_FAIL))
+
+    def _outcome(self, job: SimJob, instances: dict | None = None) -> tuple[str, int | None, str, str] | None:
+        """What ended a running job by now (status, exit status, message, ``JobFailure``), or None if
+        it is still running."""
         now = timezone.now()
         lost_at, lost_why = self._instance_loss(job.instance_id, instances)
         if job.finishes_at is not None and job.finishes_at <= (lost_at or now):
             status = SimJobState.DONE if job.exit_status == 0 else SimJobState.FAILED
-            return status, job.exit_status, f"exited with status {job.exit_status}"
+            failure = "" if job.exit_status == 0 else JobFailure.ERROR
+            return status, job.exit_status, f"exited with status {job.exit_status}", failure
         if lost_at is not None:
-            return SimJobState.FAILED, None, lost_why
+            return SimJobState.FAILED, None, lost_why, JobFailure.INTERRUPTION
         for fault in self._faults(SimFaultKind.CRASH_JOB):
             if fault["job"] == job.job_name:
-                return SimJobState.FAILED, fault["exit_status"], "crashed (crash_job fault)"
+                return SimJobState.FAILED, fault["exit_status"], "crashed (crash_job fault)", JobFailure.ERROR
         return None
 
     def _instance_loss(self, instance_id: str, instances: dict | None = None) -> tuple[datetime.datetime | None, str]:
