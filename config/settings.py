@@ -199,6 +199,7 @@ VERIFY_BLOCKS_INTERVAL = float(os.environ.get("STACKYARD_VERIFY_BLOCKS_INTERVAL"
 FAST_RECONCILERS = (
     "runs.place_jobs",
     "runs.process_jobs",
+    "runs.retry_failed_replicas",
     "fleets.process_fleets",
     "fleets.process_instances",
     "fleets.terminate_instances",

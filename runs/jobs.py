@@ -16,6 +16,7 @@ from core.models import Event
 from core.transitions import compare_and_swap
 from fleets.blocks import give_back_blocks, take_blocks
 from fleets.models import Instance
+from runs import retries
 from runs.health import update_health
 from runs.models import (
     JOB_ACTIVE_STATES,
@@ -149,10 +150,13 @@ FINAL_STATUS_BY_REASON = {
     JobTerminationReason.ABORTED_BY_USER: JobStatus.ABORTED,
     JobTerminationReason.STOPPED_BY_USER: JobStatus.TERMINATED,
     JobTerminationReason.STOPPED_BY_SERVER: JobStatus.TERMINATED,
+    JobTerminationReason.MAX_DURATION_EXCEEDED: JobStatus.TERMINATED,
+    JobTerminationReason.SCALED_DOWN: JobStatus.TERMINATED,
     JobTerminationReason.DONE: JobStatus.DONE,
 }
 STOP_REASONS = (JobTerminationReason.ABORTED_BY_USER, JobTerminationReason.STOPPED_BY_USER,
-                JobTerminationReason.STOPPED_BY_SERVER)
+                JobTerminationReason.STOPPED_BY_SERVER, JobTerminationReason.MAX_DURATION_EXCEEDED,
+                JobTerminationReason.SCALED_DOWN)
 
 
 def final_status(reason: str) -> str:
@@ -257,6 +261,8 @@ def _try_finish(finishes: dict[int, Finish]) -> set[int]:
         for instance_id, blocks in sorted(released.items()):
             give_back_blocks(instance_id=instance_id, blocks=blocks)
         Event.objects.bulk_create(events)
+        if any(finishes[pk].to != JobStatus.DONE for pk in done):
+            kick("runs.retry_failed_replicas")  # a replacement must not wait for the next tick
     return done
 
 
@@ -305,6 +311,7 @@ def start_run_termination(*, run: Run, reason: str, message: str = "", actor: st
     job_reason = {
         RunTerminationReason.STOPPED_BY_USER: JobTerminationReason.STOPPED_BY_USER,
         RunTerminationReason.ABORTED_BY_USER: JobTerminationReason.ABORTED_BY_USER,
+        RunTerminationReason.MAX_DURATION_EXCEEDED: JobTerminationReason.MAX_DURATION_EXCEEDED,
     }.get(reason, JobTerminationReason.STOPPED_BY_SERVER)
     with transaction.atomic():
         moved = compare_and_swap(Run, pk=run.pk, allowed_from=[s for s in RunStatus if s not in RUN_FINISHED_STATES],
@@ -351,7 +358,8 @@ def refresh_run_statuses(run_ids, *, _rounds: int = 3) -> None:
                          .exclude(status=AttachmentStatus.DETACHED).values_list("job__run_id", flat=True))
     moves: dict[tuple, list[Run]] = {}
     for pk, run in runs.items():
-        latest = list(jobs_by_run[pk].values())
+        # A replica scaled down (or replaced by a rolling update) is no longer part of the run.
+        latest = [job for job in jobs_by_run[pk].values() if job.termination_reason != JobTerminationReason.SCALED_DOWN]
         update_health(run, latest)
         target = _target_status(run, latest)
         if target is None:
@@ -378,10 +386,13 @@ def _target_status(run: Run, latest: list[Job]) -> str | None:
     statuses = {job.status for job in latest}
     # The run is not terminating, so a job that ended without success failed on the server's side.
     if statuses & {JobStatus.FAILED, JobStatus.ABORTED, JobStatus.TERMINATED} or statuses == {JobStatus.DONE}:
-        return RunStatus.DONE  # settled by _settle_run: done, or failing
+        return RunStatus.DONE  # settled by _settle_run: done, failing, or retrying a replica
     for status, target in ((JobStatus.RUNNING, RunStatus.RUNNING), (JobStatus.PROVISIONING, RunStatus.PROVISIONING)):
         if status in statuses:
             return None if run.status == target else target
+    retrying = any(job.status == JobStatus.SUBMITTED and job.submission_num > 0 for job in latest)
+    if retrying and run.status in (RunStatus.RUNNING, RunStatus.PROVISIONING):
+        return RunStatus.PENDING  # nothing runs: every replica waits for its retry
     return None
 
 
@@ -406,20 +417,50 @@ def _move_group(group: list[Run], source: str, target: str, **changes) -> set[in
     return {run.pk for run in group if not _move(run, target, **changes)}
 
 
+FAILED_JOB_STATES = (JobStatus.FAILED, JobStatus.ABORTED, JobStatus.TERMINATED)
+
+
 def _settle_run(run: Run, latest: list[Job]) -> None:
-    """A run that is not terminating and whose jobs all ended: ``done``, or terminating with its failure."""
-    failed = next((job for job in latest if job.status in (JobStatus.FAILED, JobStatus.ABORTED, JobStatus.TERMINATED)),
-                  None)
-    if failed is None:
-        _move(run, RunStatus.DONE, termination_reason=RunTerminationReason.ALL_JOBS_DONE, finished_at=timezone.now(),
-              status_message="")
+    """A run that is not terminating, with a failed replica or with every job done.
+
+    Every job done: the run is ``done``. A failed replica is retried alone when the run's ``retry``
+    covers its failure (``runs.retries``): its other nodes are stopped, then it is resubmitted, and
+    the other replicas go on untouched. Otherwise the run fails fast: it goes ``terminating`` (with
+    ``retry_limit_exceeded`` when a retry limit was hit) and every job is stopped."""
+    replicas: dict[int, list[Job]] = {}
+    for job in latest:
+        replicas.setdefault(job.replica_num, []).append(job)
+    failing = {r: nodes for r, nodes in replicas.items() if any(n.status in FAILED_JOB_STATES for n in nodes)}
+    if not failing:
+        if all(job.status == JobStatus.DONE for job in latest):
+            _move(run, RunStatus.DONE, termination_reason=RunTerminationReason.ALL_JOBS_DONE,
+                  finished_at=timezone.now(), status_message="")
         return
-    reason = {
-        JobTerminationReason.NO_CAPACITY: RunTerminationReason.NO_CAPACITY,
-        JobTerminationReason.VOLUME_ERROR: RunTerminationReason.VOLUME_ERROR,
-    }.get(failed.termination_reason, RunTerminationReason.JOB_FAILED)
-    start_run_termination(run=run, reason=reason,
-                          message=f"job {failed.name} failed: {failed.status_message or failed.termination_reason}")
+    waiting = ""
+    for nodes in failing.values():
+        # The failure that ended the replica (not a sibling node stopped because of it).
+        failed = sorted((n for n in nodes if n.status in FAILED_JOB_STATES),
+                        key=lambda n: (n.termination_reason == JobTerminationReason.STOPPED_BY_SERVER,
+                                       n.finished_at or timezone.now()))[0]
+        why = f"job {failed.name} failed: {failed.status_message or failed.termination_reason}"
+        decision = retries.verdict(run, failed, retries.history_of(failed))
+        if not decision.retry:
+            reason = RunTerminationReason.RETRY_LIMIT_EXCEEDED if decision.limit else {
+                JobTerminationReason.NO_CAPACITY: RunTerminationReason.NO_CAPACITY,
+                JobTerminationReason.VOLUME_ERROR: RunTerminationReason.VOLUME_ERROR,
+            }.get(failed.termination_reason, RunTerminationReason.JOB_FAILED)
+            start_run_termination(run=run, reason=reason, message=f"{decision.limit}; {why}" if decision.limit
+                                  else why)
+            return
+        siblings = [n.pk for n in nodes if n.status in JOB_ACTIVE_STATES]
+        if siblings:  # a multi-node replica fails whole: its other nodes stop first
+            request_jobs_stop(job_ids=siblings, reason=JobTerminationReason.STOPPED_BY_SERVER)
+            kick("runs.process_jobs")
+        elif retries.resubmit_replica(run, nodes, decision, why):
+            waiting = f"retrying replica {nodes[0].replica_num}: {why}"
+    others = [j for j in latest if j.replica_num not in failing]
+    if waiting and not any(j.status in (JobStatus.RUNNING, JobStatus.PROVISIONING) for j in others):
+        _move(run, RunStatus.PENDING, status_message=waiting)  # nothing runs until a retry is placed
 
 
 def _move(run: Run, to: str, **changes) -> bool:
@@ -434,9 +475,11 @@ def _move(run: Run, to: str, **changes) -> bool:
     return moved
 
 
+# Endings that are not failures (the run ends ``terminated``), and the message they leave.
 FINAL_MESSAGE_BY_USER = {
     RunTerminationReason.STOPPED_BY_USER: "stopped by the user",
     RunTerminationReason.ABORTED_BY_USER: "aborted by the user",
+    RunTerminationReason.MAX_DURATION_EXCEEDED: "max_duration exceeded",
 }
 
 

@@ -113,6 +113,8 @@ class JobTerminationReason(models.TextChoices):
     MAX_DURATION_EXCEEDED = "max_duration_exceeded"
     VOLUME_ERROR = "volume_error"
     SERVER_ERROR = "server_error"
+    # The replica is no longer wanted: the service was scaled down, or a rolling update replaced it.
+    SCALED_DOWN = "scaled_down"
 
 
 class Job(Leased):

@@ -23,6 +23,7 @@ from core.pipeline import DEFAULT_BUDGET_SECONDS
 from fleets.models import INSTANCE_ASSIGNABLE_STATES, Fleet, FleetStatus, Instance
 from fleets.provisioning import grow_fleet
 from fleets.resources import blocks_needed, mismatch
+from runs import retries
 from runs.jobs import assign_jobs, finish_job, refresh_run_statuses
 from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
 from volumes.choice import VolumeChoice, network_mounts
@@ -284,7 +285,7 @@ def _cannot_place(run: Run, jobs: list[Job], attempt: Attempt, choice: VolumeCho
             reason = JobTerminationReason.VOLUME_ERROR
             message = f"no place holds a usable volume for every mount point of {jobs[0].name}: {choice.explain()}"
     retry = run.spec.get("retry") or {}
-    waited = (timezone.now() - run.submitted_at).total_seconds()
+    waited = (timezone.now() - retries.retry_clock_started(jobs[0])).total_seconds()
     if attempt.retry:  # a provider error is no answer: the job waits for the next pass, saying why
         Job.objects.filter(pk__in=[j.pk for j in jobs]).update(status_message=f"retrying: {message}")
         Run.objects.filter(pk=run.pk, status=RunStatus.SUBMITTED).update(status_message=f"retrying: {message}")

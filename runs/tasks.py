@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from runs import placement, workloads
+from runs import placement, retries, workloads
 
 
 @shared_task(name="runs.place_jobs", acks_late=True, time_limit=120, soft_time_limit=100)
@@ -13,3 +13,8 @@ def place_jobs() -> int:
 @shared_task(name="runs.process_jobs", acks_late=True, time_limit=120, soft_time_limit=100)
 def process_jobs() -> int:
     return workloads.process_jobs()
+
+
+@shared_task(name="runs.retry_failed_replicas", acks_late=True, time_limit=120, soft_time_limit=100)
+def retry_failed_replicas() -> int:
+    return retries.retry_failed_replicas()
