@@ -5,6 +5,7 @@ that are going or gone. No transaction spans a driver call; starts and polls are
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -28,7 +29,8 @@ from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
 from volumes.models import AttachmentStatus, VolumeAttachment
 from volumes.services import request_detach
 
-POLL_SECONDS = 5
+# How often a running job's workload (and its probes) is polled: STACKYARD_JOB_POLL_INTERVAL, 5 s.
+POLL_SECONDS = settings.JOB_POLL_INTERVAL
 # The job's termination reason for the provider's typed failure of its workload.
 FAILURE_REASONS = {
     JobFailure.ERROR: JobTerminationReason.EXITED_WITH_ERROR,
