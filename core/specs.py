@@ -461,7 +461,7 @@ def parse_retry(value: object, field: str = "retry") -> dict | None:
     return {
         "on_events": _parse_retry_events(spec.get("on_events"), subfield(field, "on_events")),
         "duration": RETRY_DEFAULT_DURATION if duration is None else parse_duration(duration, f"{field}.{duration_key}"),
-        "interval": RETRY_DEFAULT_INTERVAL if interval is None else _positive_duration(interval, f"{field}.interval"),
+        "interval": RETRY_DEFAULT_INTERVAL if interval is None else parse_duration(interval, f"{field}.interval"),
         "max_attempts": None if attempts is None else parse_int(attempts, f"{field}.max_attempts", minimum=1,
                                                                 maximum=MAX_RETRY_ATTEMPTS),
     }
@@ -476,14 +476,6 @@ def _parse_retry_events(value: object, field: str) -> list[str]:
     for i, event in enumerate(events):
         parse_choice(event, f"{field}[{i}]", RETRY_EVENTS)
     return list(dict.fromkeys(events))
-
-
-def _positive_duration(value: object, field: str) -> int:
-    # A zero retry interval would resubmit a crashing replica in a tight loop.
-    seconds = parse_duration(value, field)
-    if seconds < 1:
-        raise SpecError(field, "must be at least 1s")
-    return seconds
 
 
 def pick_alias(doc: dict, key: str, alias: str, field: str = "") -> str:

@@ -211,3 +211,16 @@ def test_a_failed_node_without_retry_fails_the_task(fleet, api, apply, reconcile
     run = run_of(api, "ddp")
     assert (run["status"], run["termination_reason"]) == ("failed", "job_failed")
     assert set(Job.objects.filter(run__name="ddp").values_list("status", flat=True)) == {"failed", "terminated"}
+
+
+def test_an_interval_of_zero_resubmits_at_once(fleet, api, apply, reconcile):
+    from runs.workloads import process_jobs
+
+    service(apply, replicas=1, retry="retry: {on_events: [error], interval: 0s}\n")
+    reconcile()
+    assert Run.objects.get(name="llm").spec["retry"]["interval"] == 0
+    fault(api, kind="crash_job", job="llm-0-0", exit_status=1)
+    Job.objects.update(lease_until=None)
+    process_jobs()
+    retry = live(0)
+    assert (retry.submission_num, retry.status, retry.lease_until) == (1, "submitted", None)
