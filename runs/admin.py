@@ -1,10 +1,14 @@
 """Operator views for runs and jobs: read-only state, stop, abort and delete through the run services."""
 
 from django.contrib import admin
+from django.utils.html import format_html
 
 from core.admin import ReadOnlyAdmin, ReadOnlyInline, run_for_each
-from runs.models import Job, Run
+from runs.models import Job, Run, RunHealth, RunType
+from runs.selectors import runs_with_replica_counts
 from runs.services import delete_run, stop_run
+
+HEALTH_COLOURS = {RunHealth.HEALTHY: "#2e7d32", RunHealth.DEGRADED: "#ef6c00", RunHealth.DOWN: "#c62828"}
 
 JOB_COLUMNS = ("name", "status", "instance", "blocks", "termination_reason", "status_message", "exit_status")
 
@@ -22,13 +26,29 @@ class JobInline(ReadOnlyInline):
 class RunAdmin(ReadOnlyAdmin):
     """Runs are read-only; "stop" and "abort" call ``stop_run``, "delete" forgets finished runs."""
 
-    list_display = ("name", "project", "type", "status", "termination_reason", "status_message", "user",
-                    "submitted_at")
+    list_display = ("name", "project", "type", "status", "health_badge", "replicas_ready", "termination_reason",
+                    "status_message", "user", "submitted_at")
     list_filter = ("status", "type", "project")
     list_select_related = ("project", "user")
     search_fields = ("name",)
     inlines = (JobInline,)
     actions = ("stop", "abort", "delete_runs")
+
+    def get_queryset(self, request):
+        return runs_with_replica_counts(super().get_queryset(request))
+
+    @admin.display(description="health", ordering="health")
+    def health_badge(self, run):
+        if run.type != RunType.SERVICE:
+            return None
+        health = run.health or RunHealth.DOWN  # not derived yet: no replica has run
+        return format_html('<span style="color: {}; font-weight: bold">{}</span>', HEALTH_COLOURS[health], health)
+
+    @admin.display(description="replicas ready")
+    def replicas_ready(self, run):
+        if run.type != RunType.SERVICE:
+            return None
+        return f"{run.ready_replicas}/{run.desired_replicas}"
 
     def _stop(self, request, queryset, *, abort: bool):
         def stop(run, actor):

@@ -1,12 +1,14 @@
 """The dstack-compatible run configurations (``type: task`` and ``type: service``): parsing and validation."""
 
 import posixpath
+import re
 
 from core.specs import (
     MAX_NODES,
     SpecError,
     check_keys,
     kind_of,
+    parse_choice,
     parse_count,
     parse_duration,
     parse_env,
@@ -28,6 +30,7 @@ from core.specs import (
 RUN_TYPES = ("task", "service")
 MAX_REPLICAS = 1000  # a service's replicas (README "Limits"); a task's nodes are at most MAX_NODES
 MAX_PORT = 65535
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 COMMON_FIELDS = (
     "type",
     "name",
@@ -50,7 +53,7 @@ COMMON_FIELDS = (
     "working_dir",
 )
 TASK_FIELDS = (*COMMON_FIELDS, "nodes")
-SERVICE_FIELDS = (*COMMON_FIELDS, "port", "replicas")
+SERVICE_FIELDS = (*COMMON_FIELDS, "port", "replicas", "probes")
 # dstack run fields Stackyard does not implement: refused by name rather than silently dropped.
 UNSUPPORTED_COMMON_FIELDS = (
     "ports",
@@ -91,8 +94,15 @@ UNSUPPORTED_SERVICE_FIELDS = (
     "auth",
     "scaling",
     "rate_limits",
-    "probes",
 )
+# dstack's HTTP readiness probes of a service replica (``runs.health`` counts their passes).
+MAX_PROBES = 10
+MAX_READY_AFTER = 1000
+PROBE_TYPES = ("http",)
+PROBE_METHODS = ("get", "post", "put", "delete", "patch", "head")
+PROBE_FIELDS = ("type", "url", "method", "headers", "body", "timeout", "interval", "ready_after")
+PROBE_DEFAULT_TIMEOUT = 10
+PROBE_DEFAULT_INTERVAL = 15
 
 
 def parse_run_spec(doc: dict) -> dict:
@@ -103,7 +113,9 @@ def parse_run_spec(doc: dict) -> dict:
     "volumes": [{"name": [str], "path": str} (a network volume and its candidates) | {"instance_path": str,
     "path": str, "optional": bool} (an instance volume)], "retry": dict | None, "stop_duration" and
     "max_duration": seconds | None (off), "fleets", "backends", "regions", "availability_zones",
-    "instance_types": lists | None, "spot_policy", "max_price", "port": int | None (service only)}.
+    "instance_types": lists | None, "spot_policy", "max_price", "port": int | None (service only),
+    "probes": [{"type": "http", "url", "method", "headers": [{"name", "value"}], "body": str | None,
+    "timeout" and "interval": seconds, "ready_after": int}] (service only; [] for tasks and by default)}.
     A mount is a network one exactly when it has "name"; a task on several nodes mounts none.
     """
     doc = require_mapping(doc, "")
@@ -111,6 +123,8 @@ def parse_run_spec(doc: dict) -> dict:
     if kind not in RUN_TYPES:
         raise SpecError("type", f"expected one of {', '.join(RUN_TYPES)}, got {kind!r}")
     if kind == "task":
+        if doc.get("probes") is not None:
+            raise SpecError("probes", "probes are for services only (type: service), as in dstack")
         check_keys(doc, "", TASK_FIELDS, UNSUPPORTED_COMMON_FIELDS)
     else:
         check_keys(doc, "", SERVICE_FIELDS, UNSUPPORTED_SERVICE_FIELDS)
@@ -132,6 +146,7 @@ def parse_run_spec(doc: dict) -> dict:
         "fleets": _names(doc.get("fleets"), "fleets"),
         **parse_placement(doc),
         "port": parse_port(require(doc, "port")) if kind == "service" else None,
+        "probes": parse_probes(doc.get("probes")) if kind == "service" else [],
     }
     _check_network_mounts(spec["nodes"], spec["volumes"])
     return spec
@@ -192,6 +207,81 @@ def parse_port(value: object, field: str = "port") -> int:
             raise SpecError(field, f"invalid port {short_repr(value)}: expected a number from 1 to {MAX_PORT}")
         value = int(container)
     return parse_int(value, field, minimum=1, maximum=MAX_PORT)
+
+
+def parse_probes(value: object, field: str = "probes") -> list[dict]:
+    """A service's readiness probes, at most MAX_PROBES, each with every key filled in (see parse_run_spec)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(field, f"expected a list of probes, got {kind_of(value)}")
+    if len(value) > MAX_PROBES:
+        raise SpecError(field, f"at most {MAX_PROBES} probes, got {len(value)}")
+    return [_parse_probe(item, f"{field}[{i}]") for i, item in enumerate(value)]
+
+
+def _parse_probe(item: object, field: str) -> dict:
+    probe = require_mapping(item, field)
+    check_keys(probe, field, PROBE_FIELDS)
+    return {
+        "type": parse_choice(require(probe, "type", subfield(field, "type")), subfield(field, "type"), PROBE_TYPES),
+        "url": _probe_url("/" if probe.get("url") is None else probe["url"], subfield(field, "url")),
+        "method": _probe_method("get" if probe.get("method") is None else probe["method"], subfield(field, "method")),
+        "headers": _probe_headers(probe.get("headers"), subfield(field, "headers")),
+        "body": _probe_body(probe.get("body"), subfield(field, "body")),
+        "timeout": _probe_seconds(probe.get("timeout"), subfield(field, "timeout"), PROBE_DEFAULT_TIMEOUT),
+        "interval": _probe_seconds(probe.get("interval"), subfield(field, "interval"), PROBE_DEFAULT_INTERVAL),
+        "ready_after": 1 if probe.get("ready_after") is None else parse_int(
+            probe["ready_after"], subfield(field, "ready_after"), minimum=1, maximum=MAX_READY_AFTER),
+    }
+
+
+def _probe_url(value: object, field: str) -> str:
+    """The path the probe asks on the replica's port: it starts with '/' (the host is the replica's)."""
+    url = parse_str(value, field)
+    if not url.startswith("/"):
+        raise SpecError(field, f"the url must be a path starting with '/', got {short_repr(url)}")
+    return url
+
+
+def _probe_method(value: object, field: str) -> str:
+    method = value.lower() if isinstance(value, str) else value
+    return parse_choice(method, field, PROBE_METHODS)
+
+
+def _probe_body(value: object, field: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise SpecError(field, f"expected a string, got {kind_of(value)}")
+    return value
+
+
+def _probe_seconds(value: object, field: str, default: int) -> int:
+    # A zero timeout fails every probe, a zero interval probes in a tight loop.
+    seconds = default if value is None else parse_duration(value, field)
+    if seconds < 1:
+        raise SpecError(field, "must be at least 1s")
+    return seconds
+
+
+def _probe_headers(value: object, field: str) -> list[dict]:
+    """HTTP headers sent with a probe: [{"name", "value"}], names as HTTP allows them."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(field, f"expected a list of {{name, value}} headers, got {kind_of(value)}")
+    headers = []
+    for i, item in enumerate(value):
+        where = f"{field}[{i}]"
+        header = require_mapping(item, where)
+        check_keys(header, where, ("name", "value"))
+        name = parse_str(require(header, "name", subfield(where, "name")), subfield(where, "name"))
+        if not _HEADER_NAME_RE.match(name):
+            raise SpecError(subfield(where, "name"), f"invalid HTTP header name {short_repr(name)}")
+        text = require(header, "value", subfield(where, "value"))
+        if not isinstance(text, str) or "\n" in text or "\r" in text:
+            raise SpecError(subfield(where, "value"), "expected a string on one line")
+        headers.append({"name": name, "value": text})
+    return headers
 
 
 def parse_mounts(value: object, field: str = "volumes") -> list[dict]:

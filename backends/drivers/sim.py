@@ -14,6 +14,9 @@ docstring lists the volume guarantees and the volume faults (``stuck_detach``, `
 * Job scripts: commands are split on ``&&``, ``;`` and newlines and run in order. ``sleep N``
   takes N seconds, ``exit K`` ends the script with status K; every other command takes no time.
   A script with neither runs until stopped; one with sleeps and no exit ends with status 0.
+* A failed workload says why (``JobState.failure``): ``interruption`` when its instance went away,
+  ``error`` when it exited with an error or crashed. A workload launched with probes reports on each
+  poll whether they pass (``probes_passing``): they do, unless a ``probe_fail`` fault names the job.
 * Faults are read on every call, so adding or clearing one takes effect at once. Besides the volume
   faults, ``no_capacity`` may be limited to one ``availability_zone`` (instance creates only).
 * Resources keep the tags they were created with; ``list_tagged_resources`` lists the live ones

@@ -219,6 +219,8 @@ FAULT_SCHEMAS: dict[str, dict[str, tuple]] = {
     # Volume creates fail for good (only those of ``volume`` if given).
     "fail_volume_create": {},
     "crash_job": {"job": (_is_name, "a job name"), "exit_status": (_is_exit_status, "an exit status 1..255")},
+    # The job's readiness probes fail while the fault is there (it keeps running); clearing it lets them pass.
+    "probe_fail": {"job": (_is_name, "a job name")},
     "interrupt_instance": {"instance": (_is_name, "an instance name")},
     "api_errors": {"rate": (_is_rate, "a probability, 0 < rate <= 1")},
     # Adding it plants at once a running, tagged VM the database does not know (sim_faults.add_fault).

@@ -3,7 +3,7 @@
 Each kind's keys are in ``sim_catalogue.FAULT_SCHEMAS`` (required) and ``OPTIONAL_FAULT_KEYS``; what
 each does is in ``backends.drivers.sim``'s docstring. A fault applies from the next driver call on.
 Kinds: ``stuck_detach``, ``slow_detach``, ``stuck_attach``, ``no_capacity`` (optionally one zone),
-``fail_volume_create``, ``crash_job``, ``interrupt_instance``, ``api_errors``, ``orphan_instance``.
+``fail_volume_create``, ``crash_job``, ``interrupt_instance``, ``api_errors``, ``orphan_instance``, ``probe_fail``.
 """
 
 from django.db import transaction

@@ -1,7 +1,7 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from runs.models import Job, JobTerminationReason, Run, RunTerminationReason, RunType
+from runs.models import Job, JobTerminationReason, Run, RunHealth, RunTerminationReason, RunType
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -21,12 +21,14 @@ class JobSerializer(serializers.ModelSerializer):
 class ReplicasSerializer(serializers.Serializer):
     desired = serializers.IntegerField()
     running = serializers.IntegerField()
+    ready = serializers.IntegerField(help_text="running replicas whose probes passed ready_after times in a row")
 
 
 class RunSerializer(serializers.ModelSerializer):
     """A run. Services also show ``replicas`` and ``health``; they are null for tasks.
 
-    The queryset must be annotated with ``running_replicas`` (see ``runs.selectors``).
+    The queryset must be annotated with ``running_replicas`` and ``ready_replicas`` (see ``runs.selectors``);
+    ``health`` is the one ``runs.health`` stored, so the API, the admin, the metrics and the events agree.
     """
 
     replicas = serializers.SerializerMethodField()
@@ -44,16 +46,14 @@ class RunSerializer(serializers.ModelSerializer):
     def get_replicas(self, run: Run):
         if run.type != RunType.SERVICE:
             return None
-        return {"desired": run.desired_replicas, "running": getattr(run, "running_replicas", 0)}
+        return {"desired": run.desired_replicas, "running": getattr(run, "running_replicas", 0),
+                "ready": getattr(run, "ready_replicas", 0)}
 
-    @extend_schema_field(serializers.ChoiceField(choices=["healthy", "degraded", "down"], allow_null=True))
+    @extend_schema_field(serializers.ChoiceField(choices=RunHealth.choices, allow_null=True))
     def get_health(self, run: Run):
         if run.type != RunType.SERVICE:
             return None
-        running = getattr(run, "running_replicas", 0)
-        if running == 0:
-            return "down"
-        return "healthy" if running >= run.desired_replicas else "degraded"
+        return run.health or RunHealth.DOWN  # not derived yet: no replica has run
 
 
 class StopSerializer(serializers.Serializer):

@@ -7,6 +7,7 @@ import pytest
 
 from core.models import Event
 from fleets.models import Fleet
+from runs.jobs import refresh_run_statuses
 from runs.models import Run
 from volumes.models import Volume
 
@@ -78,11 +79,14 @@ def test_volume_with_another_configuration_is_a_conflict(project, sim_backend, a
 def test_service_replicas_and_health(project, sim_backend, api):
     service = "type: service\nname: llm\ncommands: [serve]\nport: 8000\nreplicas: 3\nresources: {gpu: 1}\n"
     resource = _apply(api, service).json()["resource"]
-    assert resource["replicas"] == {"desired": 3, "running": 0}
+    assert resource["replicas"] == {"desired": 3, "running": 0, "ready": 0}
     assert resource["health"] == "down"
-    Run.objects.get().jobs.filter(replica_num__in=[0, 1]).update(status="running")
+    run = Run.objects.get()
+    run.jobs.filter(replica_num__in=[0, 1]).update(status="running", ready=True)
+    run.jobs.filter(replica_num=2).update(status="running")  # running, its probes not passed yet
+    refresh_run_statuses([run.pk])
     run = api.get("/api/v1/projects/main/runs/llm/").json()
-    assert run["replicas"] == {"desired": 3, "running": 2} and run["health"] == "degraded"
+    assert run["replicas"] == {"desired": 3, "running": 3, "ready": 2} and run["health"] == "degraded"
 
 
 def test_every_shipped_example_applies(project, sim_backend, api):
