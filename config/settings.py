@@ -200,6 +200,7 @@ FAST_RECONCILERS = (
     "runs.place_jobs",
     "runs.process_jobs",
     "runs.retry_failed_replicas",
+    "runs.roll_out",
     "fleets.process_fleets",
     "fleets.process_instances",
     "fleets.terminate_instances",

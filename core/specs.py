@@ -502,13 +502,15 @@ def parse_placement(doc: dict) -> dict:
 class ApplyResult:
     """What applying one configuration did (or, on a dry run, would do)."""
 
-    def __init__(self, *, type: str, name: str, action: str, spec: dict, changes: dict | None = None, resource=None):
+    def __init__(self, *, type: str, name: str, action: str, spec: dict, changes: dict | None = None, resource=None,
+                 plan: dict | None = None):
         self.type = type
         self.name = name
         self.action = action  # "create", "update", "replace" or "unchanged"
         self.spec = spec
         self.changes = changes or {}
         self.resource = resource
+        self.plan = plan  # what an update does beyond the spec (a service: replicas to start, stop, replace)
 
 
 def spec_changes(old: dict, new: dict) -> dict:

@@ -1,17 +1,19 @@
 """Writes for runs and jobs: submit, stop/abort, delete, and the run's state transitions."""
 
 import secrets
+from dataclasses import dataclass
 
 from django.db import transaction
+from django.db.models import Max
 
 from core.errors import Conflict, InvalidInput
 from core.kicks import kick
-from core.specs import ApplyResult
+from core.specs import ApplyResult, spec_changes
 from core.unique import insert_once
 from fleets.models import Fleet
 from fleets.services import check_backend_references
 from projects.models import Project
-from runs.jobs import record_run_event, start_run_termination
+from runs.jobs import record_run_event, request_jobs_stop, start_run_termination
 from runs.models import (
     RUN_FINISHED_STATES,
     Job,
@@ -20,6 +22,7 @@ from runs.models import (
     Run,
     RunStatus,
     RunTerminationReason,
+    RunType,
 )
 from volumes.models import AttachmentStatus, Volume, VolumeAttachment, VolumeStatus
 from volumes.services import request_detach
@@ -53,7 +56,8 @@ def job_name(run_name: str, job_num: int, replica_num: int) -> str:
 def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False) -> ApplyResult:
     """Submit a task or service: one job per node per replica, all ``submitted``.
 
-    A finished run with the same name is replaced (as ``dstack apply`` does); an active one is a 409.
+    A finished run with the same name is replaced (as ``dstack apply`` does). An active service that
+    is not terminating is updated in place (``_update_service``); any other active run is a 409.
     """
     spec = dict(spec)
     spec["name"] = spec.get("name") or f"{spec['type']}-{secrets.token_hex(3)}"
@@ -62,6 +66,8 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
     with transaction.atomic():
         existing = Run.objects.select_for_update().filter(project=project, name=spec["name"]).first()
         if existing is not None and existing.status not in RUN_FINISHED_STATES:
+            if _updatable(existing, spec):
+                return _update_service(run=existing, spec=spec, actor=actor, dry_run=dry_run)
             raise Conflict(f"run '{existing.name}' is {existing.status}; stop it before submitting it again",
                            code="run_active")
         result = ApplyResult(type=spec["type"], name=spec["name"], action="replace" if existing else "create",
@@ -82,6 +88,146 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
         kick("runs.place_jobs")
         result.resource = run
         return result
+
+
+# Fields that running jobs read from the run as they go (retry, timeouts), or that only count
+# replicas: re-applying a change of them updates the service in place. Any other change alters what
+# a job runs: a new spec version, rolled out one replica at a time (``runs.rollout``).
+IN_PLACE_FIELDS = frozenset({"type", "name", "replicas", "retry", "stop_duration", "max_duration"})
+LIVE_JOB_STATES = (JobStatus.SUBMITTED, JobStatus.PROVISIONING, JobStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One replica of a service as its latest jobs (one per node) show it."""
+
+    num: int
+    jobs: tuple[Job, ...]
+
+    @property
+    def live(self) -> bool:
+        """Neither ending nor ended: every latest job is submitted, provisioning or running."""
+        return all(job.status in LIVE_JOB_STATES for job in self.jobs)
+
+    @property
+    def ready(self) -> bool:
+        return all(job.status == JobStatus.RUNNING and job.ready for job in self.jobs)
+
+    @property
+    def version(self) -> int:
+        return min(job.spec_version for job in self.jobs)
+
+
+def service_replicas(run: Run) -> list[Replica]:
+    """The replicas a service counts, by number: each one whose latest jobs were not stopped as no longer
+    wanted (``scaled_down``). A failed replica waiting for its retry counts: it comes back."""
+    latest: dict[tuple[int, int], Job] = {}
+    for job in run.jobs.order_by("replica_num", "job_num", "submission_num"):
+        latest[(job.replica_num, job.job_num)] = job
+    by_num: dict[int, list[Job]] = {}
+    for (num, _), job in latest.items():
+        by_num.setdefault(num, []).append(job)
+    return [Replica(num, tuple(jobs)) for num, jobs in sorted(by_num.items())
+            if not any(job.termination_reason == JobTerminationReason.SCALED_DOWN for job in jobs)]
+
+
+def next_replica_num(run: Run) -> int:
+    """A number no replica of the run ever had: a replica's jobs and events stay its own."""
+    last = run.jobs.aggregate(last=Max("replica_num"))["last"]
+    return 0 if last is None else last + 1
+
+
+def start_replicas(*, run: Run, nums: list[int]) -> None:
+    """Submit new replicas ``nums`` of a service (the caller holds the run's row lock), at its current
+    spec version; placement takes them from there."""
+    Job.objects.bulk_create(
+        Job(project_id=run.project_id, run=run, name=job_name(run.name, node, num), replica_num=num, job_num=node,
+            spec_version=run.spec_version)
+        for num in nums for node in range(int(run.spec.get("nodes") or 1))
+    )
+    kick("runs.place_jobs")
+
+
+def stop_replicas(*, replicas: list[Replica], message: str, actor: str = "") -> None:
+    """Stop replicas no longer wanted, through the one stop path: their jobs end ``scaled_down``, which
+    never counts as a failure of the run nor against its health."""
+    moved = request_jobs_stop(job_ids=[job.pk for replica in replicas for job in replica.jobs],
+                              reason=JobTerminationReason.SCALED_DOWN, actor=actor)
+    Job.objects.filter(pk__in=moved).update(status_message=message)
+    kick("runs.process_jobs")
+
+
+def _updatable(run: Run, spec: dict) -> bool:
+    return run.type == RunType.SERVICE and spec["type"] == RunType.SERVICE and run.status != RunStatus.TERMINATING
+
+
+@dataclass
+class _ServiceUpdate:
+    """What re-applying a service changes: fields, spec version, replicas started, stopped, replaced."""
+
+    replicas: list[Replica]
+    rolled: list[str]  # changed fields that alter what a job runs
+    version: int
+    start: list[int]
+    stop: list[Replica]
+    replace: list[int]
+
+    def plan(self) -> dict:
+        return {"start": self.start, "stop": [r.num for r in self.stop], "replace": self.replace}
+
+
+def _plan_update(run: Run, spec: dict, changes: dict) -> _ServiceUpdate:
+    """Start or stop only the difference in replicas (the highest live numbers stop first); with a
+    changed job spec, every live replica left is replaced (so is any of an update still under way)."""
+    replicas, desired = service_replicas(run), int(spec.get("replicas") or 1)
+    rolled = sorted(set(changes) - IN_PLACE_FIELDS)
+    version = run.spec_version + (1 if rolled else 0)
+    first = next_replica_num(run)
+    start = list(range(first, first + max(0, desired - len(replicas))))
+    stop = sorted((r for r in replicas if r.live), key=lambda r: -r.num)[:max(0, len(replicas) - desired)]
+    replace = [r.num for r in replicas if r.live and r not in stop and r.version < version]
+    return _ServiceUpdate(replicas, rolled, version, start, stop, replace)
+
+
+def _update_service(*, run: Run, spec: dict, actor: str, dry_run: bool) -> ApplyResult:
+    """Update an active service in place; the caller holds its row lock, so two re-applies, or a
+    re-apply and a rollout step, never interleave.
+
+    A changed ``replicas`` starts or stops only the difference. A changed job spec is stored as the
+    next ``spec_version``: ``runs.rollout`` replaces the replicas one at a time. Fields jobs read as
+    they go (retry, stop and max durations) just apply. A dry run says all that and writes nothing.
+    """
+    changes = spec_changes(run.spec, spec)
+    update = _plan_update(run, spec, changes) if changes else _ServiceUpdate([], [], run.spec_version, [], [], [])
+    result = ApplyResult(type=spec["type"], name=spec["name"], action="update" if changes else "unchanged",
+                         spec=spec, changes=changes, plan=update.plan(), resource=run)
+    if dry_run or not changes:
+        return result
+    outdated = any(r.live and r.version < run.spec_version for r in update.replicas)
+    run.spec, run.spec_version = spec, update.version
+    run.save(update_fields=["spec", "spec_version", "updated_at"])
+    if update.start:
+        start_replicas(run=run, nums=update.start)
+    if update.stop:
+        stop_replicas(replicas=update.stop, message=f"scaled down to {run.desired_replicas} replicas", actor=actor)
+    if update.replace:
+        kick("runs.roll_out")
+    _record_update(run, update, changes, outdated=outdated, actor=actor)
+    return result
+
+
+def _record_update(run: Run, update: _ServiceUpdate, changes: dict, *, outdated: bool, actor: str) -> None:
+    """The events of an update: started (a new spec version), scaled, or just the fields changed; and
+    done when no replica of an older version is left (e.g. the last ones were scaled away)."""
+    if update.rolled:
+        record_run_event(run, "update_started", f"version {update.version}: {', '.join(update.rolled)} changed; "
+                                                f"replacing replicas {update.replace} one at a time", actor)
+    if update.start or update.stop:
+        record_run_event(run, "scaled", f"from {len(update.replicas)} to {run.desired_replicas} replicas", actor)
+    elif not update.rolled:
+        record_run_event(run, "spec_updated", "changed " + ", ".join(changes), actor)
+    if (outdated or update.rolled) and not update.replace:
+        record_run_event(run, "update_done", f"every replica runs version {run.spec_version}", actor)
 
 
 def stop_run(*, run: Run, abort: bool = False, actor: str = "") -> Run:

@@ -76,12 +76,13 @@ def reconcile_pass() -> int:
     from fleets.provisioning import reconcile_fleets
     from runs.placement import place_jobs
     from runs.retries import retry_failed_replicas
+    from runs.rollout import roll_out
     from runs.workloads import process_jobs
     from volumes.attachments import attach_volumes, detach_volumes, enforce_stop_durations
     from volumes.provisioning import process_volumes
 
-    return sum(step() for step in (reconcile_fleets, process_instances, place_jobs, attach_volumes, process_jobs,
-                                   detach_volumes, enforce_stop_durations, retry_failed_replicas,
+    return sum(step() for step in (reconcile_fleets, process_instances, roll_out, place_jobs, attach_volumes,
+                                   process_jobs, detach_volumes, enforce_stop_durations, retry_failed_replicas,
                                    process_terminating_instances, process_volumes))
 
 

@@ -9,3 +9,5 @@ class ApplyResultSerializer(serializers.Serializer):
     changes = serializers.DictField()
     spec = serializers.DictField()
     resource = serializers.DictField(allow_null=True)
+    # Re-applying an active service: {"start": [replica], "stop": [...], "replace": [...]}; null otherwise.
+    plan = serializers.DictField(allow_null=True)

@@ -47,6 +47,6 @@ class ApplyView(APIView):
                                      user=request.user, dry_run=dry_run)
         changed = not dry_run and result.action != "unchanged"
         data = {"type": result.type, "name": result.name, "action": result.action, "dry_run": dry_run,
-                "changes": result.changes, "spec": result.spec,
+                "changes": result.changes, "plan": result.plan, "spec": result.spec,
                 "resource": None if dry_run else _serialize_resource(result)}
         return Response(data, status=status.HTTP_202_ACCEPTED if changed else status.HTTP_200_OK)
