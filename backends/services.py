@@ -3,6 +3,7 @@
 from django.db import transaction
 
 from backends.dependents import backend_dependencies, terminate_dependents
+from backends.drivers.base import DriverError
 from backends.drivers.registry import driver_class
 from backends.models import Backend, BackendStatus
 from core.errors import Conflict, InvalidInput, NotFound
@@ -22,12 +23,22 @@ def _validated_config(backend_type: str, config) -> dict:
     return driver_class(backend_type).validate_config(config)
 
 
-def _validated_credentials(credentials) -> dict:
+def _validated_credentials(backend_type: str, credentials) -> dict:
     if credentials is None:
-        return {}
+        credentials = {}
     if not isinstance(credentials, dict):
         raise InvalidInput("credentials must be a mapping", field="credentials")
-    return credentials
+    return driver_class(backend_type).validate_credentials(credentials)
+
+
+def _check_access(backend: Backend) -> None:
+    """The driver's one cheap call with the backend as it would be stored: 400 if it fails, so that
+    bad credentials or a bad region are never stored."""
+    try:
+        driver_class(backend.type)(backend).check_access()
+    except DriverError as err:
+        raise InvalidInput(f"the backend's provider refused access: {err}", code="access_check_failed",
+                           field="credentials") from None
 
 
 @transaction.atomic
@@ -38,11 +49,12 @@ def create_backend(
     """Create a backend after its driver validated the config. Names are unique per project."""
     name = valid_name(name)
     config = _validated_config(type, config)
-    credentials = _validated_credentials(credentials)
+    credentials = _validated_credentials(type, credentials)
     if Backend.objects.filter(project=project, name=name).exists():
         raise Conflict(f"backend '{name}' already exists in project '{project.name}'", code="already_exists")
     backend = Backend(project=project, name=name, type=type, config=config)
     backend.credentials = credentials
+    _check_access(backend)
     with insert_once(Backend.objects.filter(project=project, name=name), f"backend '{name}'"):
         backend.save()
     record_event(project=project, resource_type="backend", resource_name=name, kind="created", actor=actor)
@@ -60,9 +72,10 @@ def update_backend(
         backend.config = _validated_config(backend.type, config)
         changed.append("config")
     if credentials is not None:
-        backend.credentials = _validated_credentials(credentials)
+        backend.credentials = _validated_credentials(backend.type, credentials)
         changed.append("credentials")
     if changed:
+        _check_access(backend)
         backend.save()
         record_event(
             project=backend.project_id, resource_type="backend", resource_name=backend.name, kind="updated",

@@ -219,6 +219,17 @@ class Driver(abc.ABC):
     def validate_config(cls, config: dict) -> dict:
         """Return the normalized config, or raise ``InvalidInput`` naming the bad key."""
 
+    @classmethod
+    def validate_credentials(cls, credentials: dict) -> dict:
+        """Return the normalized credentials, or raise ``InvalidInput`` naming the bad key (by default
+        they are kept as given)."""
+        return credentials
+
+    def check_access(self) -> None:  # noqa: B027 - optional, empty by default
+        """One cheap provider call proving the config and credentials work, run when a backend is
+        created or updated (nothing is stored if it fails). Raises ``DriverError`` saying which check
+        failed; the default (a provider that needs no credentials) checks nothing."""
+
     @abc.abstractmethod
     def locations(self) -> dict[str, list[str]]:
         """The regions this backend can use and the availability zones of each (no provider call)."""
@@ -339,6 +350,11 @@ class Driver(abc.ABC):
         Drivers whose provider answers many at once override this; the default asks one by one.
         """
         return one_by_one(workload_ids, lambda workload_id: self.poll_job(workload_id=workload_id))
+
+    def job_logs(self, *, workload_id: str, tail: int | None = None) -> list[str]:
+        """The workload's output lines, oldest first (the last ``tail`` only, if given);
+        ``NotFoundError`` for an unknown workload. Drivers that keep no output answer []."""
+        return []
 
     @abc.abstractmethod
     def list_tagged_resources(self) -> list[TaggedResource]:

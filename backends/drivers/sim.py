@@ -348,6 +348,17 @@ class SimDriver(SimVolumes, Driver):
         return {w: self._settle(jobs[w], instances) if w in jobs else NotFoundError(f"no workload {w}")
                 for w in workload_ids}
 
+    @_sim_call
+    def job_logs(self, *, workload_id: str, tail: int | None = None) -> list[str]:
+        """Synthetic output: a line per command run so far, then how the workload ended."""
+        job = self._job(workload_id)
+        self._settle(job)  # an outcome reached by now is recorded, and read back into ``job``
+        commands = [part.strip() for command in job.commands for part in _SEPARATOR.split(command) if part.strip()]
+        lines = [f"[sim] {job.job_name} started on {job.instance_id}"] + [f"$ {command}" for command in commands]
+        if job.state != SimJobState.RUNNING:
+            lines.append(f"[sim] {job.state}: {job.message}" if job.message else f"[sim] {job.state}")
+        return lines[-tail:] if tail else lines
+
     def _settle(self, job: SimJob, instances: dict[str, SimInstance] | None = None) -> JobState:
         """The job's state now; an outcome seen for the first time is recorded for good."""
         if job.state == SimJobState.RUNNING:
