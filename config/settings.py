@@ -222,6 +222,8 @@ JOB_POLL_INTERVAL = float(os.environ.get("STACKYARD_JOB_POLL_INTERVAL", "5"))
 ATTACH_TIMEOUT = float(os.environ.get("STACKYARD_ATTACH_TIMEOUT", "600"))
 
 ADMIN_TOKEN = os.environ.get("STACKYARD_ADMIN_TOKEN") or None
+# The server config file (projects and their backends), applied by runstack and manage.py applyconfig.
+SERVER_CONFIG = os.environ.get("STACKYARD_CONFIG")
 
 LOGGING = {
     "version": 1,

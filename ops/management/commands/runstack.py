@@ -1,11 +1,12 @@
 """``manage.py runstack``: the embedded default in one command (SPEC section 1).
 
 Migrates, collects static files into the data dir (WhiteNoise serves them), bootstraps
-(``ops.bootstrap``), then supervises three children: the web server (gunicorn with ``--web-workers``
-sync workers on ``config.wsgi``, chosen by ``bench/web_servers.py``; Django's ``runserver`` with
-``--dev``), a Celery worker (prefork pool: each task runs in a pool process the worker can kill, so
-tasks' hard time limits hold and a stuck pass cannot keep a slot for ever) and Celery beat with the
-database scheduler.
+(``ops.bootstrap``), applies the server config file when ``STACKYARD_CONFIG`` names one
+(``ops.server_config``; a file that cannot be applied stops the start), then supervises three
+children: the web server (gunicorn with ``--web-workers`` sync workers on ``config.wsgi``, chosen by
+``bench/web_servers.py``; Django's ``runserver`` with ``--dev``), a Celery worker (prefork pool: each
+task runs in a pool process the worker can kill, so tasks' hard time limits hold and a stuck pass
+cannot keep a slot for ever) and Celery beat with the database scheduler.
 
 The children stay in runstack's process group, so a Ctrl-C in a terminal reaches all of them, and
 each is told (Linux ``PR_SET_PDEATHSIG``) to stop if runstack itself is killed. On SIGINT/SIGTERM
@@ -32,6 +33,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from ops.bootstrap import BootstrapError, bootstrap
+from ops.server_config import ServerConfigError, apply_at_start
 
 STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.2
@@ -147,6 +149,7 @@ class Command(BaseCommand):
             _, token = bootstrap(settings.ADMIN_TOKEN)
         except BootstrapError as err:
             raise CommandError(str(err))
+        self._apply_server_config()
         connections.close_all()
 
         stop = StopRequest()
@@ -162,6 +165,15 @@ class Command(BaseCommand):
             raise CommandError(f"{failed.name} exited with status {failed.process.returncode}; stopped the others",
                                returncode=1)
         self._say("stackyard: stopped")
+
+    def _apply_server_config(self) -> None:
+        """Apply ``STACKYARD_CONFIG`` before any child starts; a failure stops the start."""
+        try:
+            outcomes = apply_at_start()
+        except ServerConfigError as err:
+            raise CommandError(f"STACKYARD_CONFIG: {err}\nnothing was started; fix the file and start again") from None
+        for outcome in outcomes:
+            self._say(f"stackyard: config: {outcome.describe()}")
 
     # --- children ---------------------------------------------------------------------------
 
