@@ -1,4 +1,4 @@
-"""The first-start state of a Stackyard: superuser ``admin``, its API token, project ``main`` with a ``sim`` backend.
+"""The first-start state of a Stackyard: superuser ``admin``, its API token, project ``main`` with two backends.
 
 ``bootstrap`` is idempotent: ``runstack`` calls it on every start, and it only adds what is missing.
 
@@ -7,7 +7,9 @@
   ``python manage.py changepassword admin`` is left alone.
 * Its token is ``STACKYARD_ADMIN_TOKEN`` when given (replacing any older token), else the token it
   already has, else a new random one. Tokens live in the database, so later starts reuse them.
-* Project ``main`` (``admin`` is an admin member) holds a ``sim`` backend named ``sim``.
+* Project ``main`` (``admin`` is an admin member) holds a ``sim`` backend named ``sim`` (the simulated
+  cloud) and a ``local`` backend named ``local`` (this machine: a run placed there runs real commands).
+  Each is created when missing, never changed or re-created otherwise.
 """
 
 import os
@@ -23,6 +25,8 @@ from projects.services import add_member, create_project, create_user
 ADMIN_USERNAME = "admin"
 DEFAULT_PROJECT = "main"
 DEFAULT_BACKEND = "sim"
+# The backends of project ``main``: (name, type).
+DEFAULT_BACKENDS = ((DEFAULT_BACKEND, "sim"), ("local", "local"))
 # DRF's Token.key is a CharField(max_length=40).
 MAX_TOKEN_LENGTH = Token._meta.get_field("key").max_length
 
@@ -61,14 +65,16 @@ def _ensure_project(user) -> Project:
     return project
 
 
-def _ensure_backend(project: Project) -> None:
-    if not Backend.objects.filter(project=project, name=DEFAULT_BACKEND).exists():
-        create_backend(project=project, name=DEFAULT_BACKEND, type="sim", actor="bootstrap")
+def _ensure_backends(project: Project) -> None:
+    for name, type_name in DEFAULT_BACKENDS:
+        if not Backend.objects.filter(project=project, name=name).exists():
+            create_backend(project=project, name=name, type=type_name, actor="bootstrap")
 
 
 @transaction.atomic
 def bootstrap(admin_token: str | None, *, admin_password: str | None = None) -> tuple[object, str]:
-    """Make sure ``admin``, its token, project ``main`` and backend ``sim`` exist; return (admin, token key).
+    """Make sure ``admin``, its token, project ``main`` and backends ``sim`` and ``local`` exist; return
+    (admin, token key).
 
     ``admin_password`` defaults to ``STACKYARD_ADMIN_PASSWORD``.
     """
@@ -79,5 +85,5 @@ def bootstrap(admin_token: str | None, *, admin_password: str | None = None) -> 
     user, key = create_user(username=ADMIN_USERNAME, staff=True, token=admin_token or None)
     _ensure_superuser(user, admin_password)
     project = _ensure_project(user)
-    _ensure_backend(project)
+    _ensure_backends(project)
     return user, key

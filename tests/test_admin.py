@@ -126,7 +126,7 @@ def test_backend_is_created_through_the_service(admin_client, project):
 
 @pytest.mark.parametrize(("field", "value", "expected"), [
     ("config", '{"bogus": 1}', "unknown sim config key"),
-    ("type", "aws", "has no driver"),
+    ("type", "gce", "not one of the available choices"),
     ("name", "Bad_Name", "name"),
 ])
 def test_backend_service_errors_are_form_errors(admin_client, project, field, value, expected):

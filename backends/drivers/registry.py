@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from backends.drivers.aws import AwsDriver
 from backends.drivers.base import Driver, DriverError
+from backends.drivers.local import LocalDriver
 from backends.drivers.sim import SimDriver
 from core.errors import InvalidInput
 from core.pipeline import Drivers
@@ -14,6 +16,8 @@ if TYPE_CHECKING:
 
 DRIVERS: dict[str, type[Driver]] = {
     "sim": SimDriver,
+    "aws": AwsDriver,
+    "local": LocalDriver,
 }
 
 

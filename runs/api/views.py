@@ -1,12 +1,15 @@
 import django_filters
-from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from core.api.params import boolean_param
 from core.specs import typed_document
 from projects.api.base import ProjectScopedViewSet
-from runs import services
+from runs import logs, services
 from runs.api.serializers import JobSerializer, RunSerializer, StopSerializer
 from runs.models import Job, Run, RunStatus
 from runs.selectors import runs_with_replica_counts
@@ -60,3 +63,31 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScoped
         run = self.get_object()
         page = self.paginate_queryset(Job.objects.filter(run=run).select_related("instance"))
         return self.get_paginated_response(JobSerializer(page, many=True).data)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("job", str, description="a job name (its latest submission); default: the first job"),
+            OpenApiParameter("tail", int, description=f"only the last N lines (0..{logs.MAX_TAIL}); default: all, "
+                                                      f"up to the last {logs.MAX_TAIL}"),
+            OpenApiParameter("follow", bool, description="stream the lines as text/plain, then new ones as they come, "
+                                                         f"until the job ends (at most {logs.FOLLOW_SECONDS} s)"),
+        ],
+        responses={
+            (200, "application/json"): inline_serializer("JobLogs", {
+                "job": serializers.CharField(), "lines": serializers.ListField(child=serializers.CharField())}),
+            (200, "text/plain"): OpenApiTypes.STR,
+        },
+    )
+    @action(detail=True, methods=["get"])
+    def logs(self, request, *args, **kwargs):
+        follow = boolean_param(request, "follow")
+        tail = logs.parse_tail(request.query_params.get("tail"))
+        job_name = logs.parse_job_name(request.query_params.get("job"))
+        job = logs.log_job(run=self.get_object(), name=job_name)
+        if not follow:
+            return Response({"job": job.name, "lines": logs.job_log_lines(job=job, tail=tail)})
+        lines = logs.follow_job_logs(job=job, tail=tail)
+        response = StreamingHttpResponse((line + "\n" for line in lines), content_type="text/plain; charset=utf-8")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # a proxy in front passes each line on at once
+        return response

@@ -62,7 +62,7 @@ def test_bad_json_body_is_400(project, sim_backend, api):
 
 BAD_REQUESTS = [
     ("post", "/api/v1/projects/main/backends/", {"name": "xx", "type": "gce"}, "type"),
-    ("post", "/api/v1/projects/main/backends/", {"name": "xx", "type": "aws"}, "aws"),
+    ("post", "/api/v1/projects/main/backends/", {"name": "xx", "type": "aws"}, "regions"),
     ("post", "/api/v1/projects/main/backends/", {"type": "sim"}, "name"),
     ("post", "/api/v1/projects/main/backends/", {"name": "Bad Name", "type": "sim"}, "name"),
     ("post", "/api/v1/projects/main/backends/", {"name": "xx", "type": "sim", "config": {"latency": -1}}, "latency"),

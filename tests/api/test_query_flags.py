@@ -49,6 +49,7 @@ def test_every_boolean_query_flag_is_strict(project, sim_backend, api):
     assert flags, "the schema lists no boolean query flag: this test would check nothing"
     for path, method, name in flags:
         url = path.replace("{project}", "main") + f"?{name}=banana"
-        response = getattr(api, method)(url, data=FLEET, content_type="application/yaml")
+        body = {} if method == "get" else {"data": FLEET, "content_type": "application/yaml"}
+        response = getattr(api, method)(url, **body)
         assert response.status_code == 400, (path, method, name, response.content)
         assert response.json()["field"] == name

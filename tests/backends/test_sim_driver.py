@@ -83,11 +83,11 @@ def volume_in(driver, name="vol", zone="eu-west-1a"):
 # --- registry and config --------------------------------------------------------------------------
 
 
-def test_registry_serves_sim_only(backend):
-    assert supported_types() == ["sim"]
+def test_registry_serves_sim_aws_and_local(backend):
+    assert supported_types() == ["aws", "local", "sim"]
     assert isinstance(get_driver(backend), SimDriver)
     with pytest.raises(InvalidInput) as exc:
-        driver_class("aws")
+        driver_class("gce")
     assert exc.value.code == "unsupported_backend_type"
 
 
