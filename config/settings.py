@@ -216,6 +216,8 @@ CELERY_BEAT_SCHEDULE["backends.find_orphans"] = _every(ORPHAN_SCAN_INTERVAL, "ba
 # /healthz answers 503 when a fast reconciler has not finished a pass for this long (ops/health.py).
 STALL_SECONDS = float(os.environ.get("STACKYARD_STALL_SECONDS") or max(60.0, 30 * RECONCILE_INTERVAL))
 
+# Whether bootstrap gives project main a ``local`` backend (this machine runs its members' commands).
+LOCAL_BACKEND = os.environ.get("STACKYARD_LOCAL_BACKEND", "1").strip().lower() not in ("0", "false", "no", "off")
 # How often a running job's workload (and its readiness probes) is polled, in seconds.
 JOB_POLL_INTERVAL = float(os.environ.get("STACKYARD_JOB_POLL_INTERVAL", "5"))
 # An attach that has not completed after this many seconds fails its job (volume_error).

@@ -14,6 +14,7 @@
 
 import os
 
+from django.conf import settings
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
@@ -67,6 +68,8 @@ def _ensure_project(user) -> Project:
 
 def _ensure_backends(project: Project) -> None:
     for name, type_name in DEFAULT_BACKENDS:
+        if type_name == "local" and not settings.LOCAL_BACKEND:
+            continue  # STACKYARD_LOCAL_BACKEND=0: members of main may not run commands on this machine
         if not Backend.objects.filter(project=project, name=name).exists():
             create_backend(project=project, name=name, type=type_name, actor="bootstrap")
 

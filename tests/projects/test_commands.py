@@ -74,3 +74,13 @@ def test_metrics_count_resources_by_status(client, api, sim_backend):
     body = client.get("/metrics").content.decode()
     assert "stackyard_block_count_corrections_total 0" in body
     assert "# TYPE stackyard_instances gauge" in body
+
+
+@pytest.mark.django_db
+def test_bootstrap_without_the_local_backend(settings):
+    from backends.models import Backend
+    from ops.bootstrap import bootstrap
+
+    settings.LOCAL_BACKEND = False
+    bootstrap(None)
+    assert list(Backend.objects.values_list("name", flat=True)) == ["sim"]
