@@ -7,10 +7,15 @@ the ``aws`` driver's caches cleared. In CI (``CI=true``) a server that cannot st
 that need it; elsewhere they are skipped with the reason.
 
 Use it by importing the fixture: ``from tests.moto_server import moto_server  # noqa: F401``.
+
+moto's SSM answers what it stores but runs nothing: every command has succeeded at once (exit 0, no
+output), and CancelCommand and ListCommandInvocations are not implemented (500). ``answer_ssm`` makes the
+driver's clients answer chosen SSM operations themselves (a command still running, a failure, output).
 """
 
 import atexit
 import dataclasses
+import json
 import os
 import socket
 import urllib.request
@@ -48,7 +53,13 @@ class MotoServer:
         _post(f"{self.url}/moto-api/reset-auth", b"0")
 
     def ec2(self, region: str = "us-east-1"):
-        return boto3.client("ec2", region_name=region, endpoint_url=self.url, aws_access_key_id=ACCESS_KEY,
+        return self.client("ec2", region)
+
+    def ssm(self, region: str = "us-east-1"):
+        return self.client("ssm", region)
+
+    def client(self, service: str, region: str = "us-east-1"):
+        return boto3.client(service, region_name=region, endpoint_url=self.url, aws_access_key_id=ACCESS_KEY,
                             aws_secret_access_key=SECRET_KEY)
 
     def credentials(self) -> dict:
@@ -56,6 +67,37 @@ class MotoServer:
 
     def config(self, regions=("us-east-1",), **extra) -> dict:
         return {"regions": list(regions), "endpoint_url": self.url, **extra}
+
+
+def answer_ssm(monkeypatch, **answers) -> list:
+    """Clients the aws driver makes from now on answer each SSM ``Operation=answer`` given (a dict, read at
+    each call, or an AWS error code) without asking the server; returns the ``(operation, parameters)``
+    of the calls so answered."""
+    from backends.drivers import aws, aws_calls
+
+    make_client = aws_calls.make_client
+    asked: list = []
+
+    def short_circuit(model, params, **_):
+        answer = answers[model.name]
+        asked.append((model.name, json.loads(params["body"] or b"{}")))
+        failed = isinstance(answer, str)
+
+        class Http:
+            status_code = 400 if failed else 200
+
+        body = {"Error": {"Code": answer, "Message": f"{answer} (injected)"}} if failed else dict(answer)
+        return Http(), {**body, "ResponseMetadata": {"HTTPStatusCode": Http.status_code}}
+
+    def answering(*args, **kwargs):
+        client = make_client(*args, **kwargs)
+        for operation in answers:
+            client.meta.events.register(f"before-call.ssm.{operation}", short_circuit)
+        return client
+
+    monkeypatch.setattr(aws_calls, "make_client", answering)
+    aws.clear_caches()
+    return asked
 
 
 _running: list[MotoServer] = []  # the session's server, started by the first test that needs it

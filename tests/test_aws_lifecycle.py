@@ -1,18 +1,19 @@
 """The aws backend end to end through the API, against a moto server on loopback (real HTTP): backend ->
-fleet -> instance idle (seen in describe_instances with its tags) -> volume active -> attached and
-detached (seen in describe_volumes) -> fleet deleted -> instance terminated in AWS; orphans, an
-interruption behind Stackyard's back, and the 400s of bad credentials and regions.
+fleet -> instance idle (seen in describe_instances with its tags) -> volume active -> a task mounting it
+runs through SSM with the volume attached (seen in describe_volumes and in the command sent) -> stop ->
+detached -> fleet deleted -> instance terminated in AWS; orphans, an interruption behind Stackyard's
+back, and the 400s of bad credentials and regions.
 
 Runs on whatever database the pass uses (SQLite or PostgreSQL); the reconcilers are driven by hand.
 """
 
 import pytest
 
-from backends.drivers.aws import AGENT_MISSING
 from backends.models import Backend
 from core.models import Event
 from fleets.models import Instance
-from tests.moto_server import moto_server  # noqa: F401  (the fixture)
+from runs.models import Job
+from tests.moto_server import answer_ssm, moto_server  # noqa: F401  (the fixture)
 from volumes.models import Volume, VolumeAttachment
 
 pytestmark = pytest.mark.django_db
@@ -82,8 +83,8 @@ def test_fleet_instance_volume_attach_detach_and_delete_against_aws(cloud, insta
     volume = volume_in(apply, reconcile, api, instance["availability_zone"])
     assert tags_of(aws_volume(cloud, volume["volume_id"]))["stackyard-volume"] == "data"
 
-    # Jobs cannot run on aws instances yet (no agent), so the attachment is made the way a job's
-    # placement makes it (an ``attaching`` row), and let go through the API's force-detach.
+    # An attachment made the way a job's placement makes it (an ``attaching`` row), with no job, and let
+    # go through the API's force-detach (a task's own attach and detach are the tests below).
     VolumeAttachment.objects.create(volume=Volume.objects.get(name="data"),
                                     instance=Instance.objects.get(name=instance["name"]))
     reconcile()
@@ -111,19 +112,67 @@ def test_fleet_instance_volume_attach_detach_and_delete_against_aws(cloud, insta
         "Volumes"]
 
 
-def test_a_task_on_aws_fails_for_want_of_the_agent_and_its_volume_is_detached(cloud, instance, api, apply,
-                                                                              reconcile):
+TASK = "type: task\nname: train\ncommands: [python train.py]\nresources: {cpu: 2, gpu: 0}\nvolumes: [data:/data]\n"
+
+
+def sent_script(moto, job: Job) -> list[str]:
+    """The script of the SSM command the job's workload is (read back from SSM)."""
+    instance_id, command_id = job.workload_id.split("/")
+    command = moto.ssm().list_commands(CommandId=command_id)["Commands"][0]
+    # moto adds every instance of the region to a command sent without Targets: only membership is checked.
+    assert instance_id in command["InstanceIds"], command
+    return command["Parameters"]["commands"]
+
+
+def volume_events(name: str) -> set:
+    return set(Event.objects.filter(resource_type="volume", resource_name=name).values_list("kind", flat=True))
+
+
+def test_a_task_mounting_a_volume_runs_through_ssm_and_its_volume_is_detached_when_it_ends(cloud, instance, api,
+                                                                                          apply, reconcile):
     volume = volume_in(apply, reconcile, api, instance["availability_zone"])
-    apply("type: task\nname: train\ncommands: [python train.py]\nresources: {cpu: 2, gpu: 0}\n"
-          "volumes: [data:/data]\n")
+    apply(TASK)
     reconcile()
     run = api.get(f"{P}/runs/train/").json()
-    assert run["status"] == "failed", run
-    assert AGENT_MISSING in str(run), run
-    kinds = set(Event.objects.filter(resource_type="volume", resource_name="data").values_list("kind", flat=True))
-    assert {"attached", "detached"} <= kinds, kinds
+    assert run["status"] == "done", run  # moto's SSM reports every command succeeded at once
+    job = Job.objects.get(run__name="train")
+    script = sent_script(cloud, job)
+    assert f"stackyard_mount /dev/sdf {volume['volume_id']} /data" in script
+    assert script[-2:] == ["set -e", "python train.py"] and "export DSTACK_RUN_NAME=train" in script
+    assert {"attached", "detached"} <= volume_events("data")
     assert aws_volume(cloud, volume["volume_id"])["Attachments"] == []
     assert api.get(f"{P}/instances/{instance['name']}/").json()["status"] == "idle"
+
+
+def test_backend_fleet_volume_task_running_stop_detach_and_delete(cloud, instance, api, apply, reconcile,
+                                                                   monkeypatch):
+    # moto's commands have always ended already and it has no CancelCommand: SSM answers that the
+    # command runs (until it is cancelled), as it would for a long task.
+    invocation = {"Status": "InProgress", "StatusDetails": "InProgress", "ResponseCode": -1}
+    asked = answer_ssm(monkeypatch, GetCommandInvocation=invocation, CancelCommand={})
+    vm = aws_instance(cloud, instance["name"])
+    volume = volume_in(apply, reconcile, api, instance["availability_zone"])
+    apply(TASK)
+    reconcile()
+    assert api.get(f"{P}/runs/train/").json()["status"] == "running"
+    job = Job.objects.get(run__name="train")
+    assert job.workload_id.startswith(f"{vm['InstanceId']}/")
+    assert f"stackyard_mount /dev/sdf {volume['volume_id']} /data" in sent_script(cloud, job)
+    attached = aws_volume(cloud, volume["volume_id"])["Attachments"]
+    assert [(a["InstanceId"], a["State"]) for a in attached] == [(vm["InstanceId"], "attached")]
+
+    assert api.post(f"{P}/runs/train/stop/", {}, format="json").status_code == 202
+    reconcile()
+    assert ("CancelCommand", {"CommandId": job.workload_id.split("/")[1], "InstanceIds": [vm["InstanceId"]]}) in asked
+    run = api.get(f"{P}/runs/train/").json()
+    assert run["status"] == "terminated", run
+    assert aws_volume(cloud, volume["volume_id"])["Attachments"] == []
+    assert {"attached", "detached"} <= volume_events("data")
+
+    assert api.delete(f"{P}/fleets/cpu/").status_code in (202, 204)
+    reconcile()
+    assert aws_instance(cloud, instance["name"])["State"]["Name"] == "terminated"
+    assert api.get(f"{P}/instances/{instance['name']}/").json()["status"] == "terminated"
 
 
 def test_a_tagged_instance_no_row_owns_is_an_orphan(cloud, instance, api):

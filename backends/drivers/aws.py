@@ -1,4 +1,4 @@
-"""The ``aws`` driver: EC2 instances and EBS volumes through boto3.
+"""The ``aws`` driver: EC2 instances, EBS volumes and (through SSM Run Command) workloads, with boto3.
 
 Its offers and zones come from the ``AwsOffers`` mixin (``aws_offers``), its volume calls from the
 ``AwsVolumes`` mixin (``aws_volumes``), its clients and error mapping from ``aws_calls``, and its
@@ -19,14 +19,16 @@ config from ``aws_config``; each module's docstring states its guarantees. Beyon
   Stackyard (a spot reclaim, a host failure, an operator). An id EC2 does not list is
   ``NotFoundError``: right after a launch EC2 may not list it yet (eventual consistency), and the
   poller retries those.
-* Workloads: there is no agent on AWS instances yet, so ``start_job`` refuses with ``FatalError``
-  and no workload id ever exists on this driver (stop and poll answer ``NotFoundError``).
+* Workloads run through AWS Systems Manager Run Command: the ``AwsJobs`` mixin (``aws_jobs``), whose
+  docstring states what a start, poll, stop and log read do. Instances get the config's
+  ``instance_profile`` (``IamInstanceProfile``), which SSM needs to reach their agent.
 """
 
 from __future__ import annotations
 
 from backends.drivers import aws_calls, aws_config, aws_offers
 from backends.drivers.aws_calls import TtlCache, aws_call, aws_errors
+from backends.drivers.aws_jobs import AwsJobs
 from backends.drivers.aws_offers import AwsOffers, _pages
 from backends.drivers.aws_volumes import TAG_CLIENT_TOKEN, AwsVolumes, aws_tags
 from backends.drivers.base import (
@@ -37,14 +39,12 @@ from backends.drivers.base import (
     DriverError,
     FatalError,
     InstanceState,
-    JobState,
     NotFoundError,
     Offer,
     TaggedResource,
 )
 from core.errors import InvalidInput
 
-AGENT_MISSING = "running workloads on aws instances needs the Stackyard agent, not built yet"
 STATES = {"pending": InstanceState.PROVISIONING, "running": InstanceState.RUNNING}
 LIVE_INSTANCE_STATES = ["pending", "running", "stopping", "stopped"]
 LIVE_VOLUME_STATES = ["creating", "available", "in-use"]
@@ -61,7 +61,7 @@ def clear_caches() -> None:
     _images.clear()
 
 
-class AwsDriver(AwsVolumes, AwsOffers, Driver):
+class AwsDriver(AwsJobs, AwsVolumes, AwsOffers, Driver):
     """The driver of ``aws`` backends; see the module docstring."""
 
     type_name = "aws"
@@ -180,6 +180,8 @@ class AwsDriver(AwsVolumes, AwsOffers, Driver):
         }
         if client_token:
             params["ClientToken"] = client_token
+        if profile := self.config.get("instance_profile"):
+            params["IamInstanceProfile"] = aws_config.instance_profile_param(profile)
         if offer.spot:
             params["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
                 "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
@@ -246,18 +248,6 @@ class AwsDriver(AwsVolumes, AwsOffers, Driver):
                     failed = err
         return {i: STATES.get(found[i]["State"]["Name"], InstanceState.INTERRUPTED).value if i in found
                 else failed or NotFoundError(f"instance {i!r} not found") for i in instance_ids}
-
-    # --- jobs: no agent on AWS instances yet --------------------------------------------------
-
-    def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict,
-                  mounts: list | None = None) -> str:
-        raise FatalError(AGENT_MISSING)
-
-    def stop_job(self, *, workload_id: str) -> None:
-        raise NotFoundError(f"no workload {workload_id!r}: {AGENT_MISSING}")
-
-    def poll_job(self, *, workload_id: str) -> JobState:
-        raise NotFoundError(f"no workload {workload_id!r}: {AGENT_MISSING}")
 
     # --- inventory ----------------------------------------------------------------------------
 

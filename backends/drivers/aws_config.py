@@ -9,6 +9,8 @@ Config (dstack's keys, plus ours)::
     public_ips: true                     # optional, default true: give instances a public IP
     ami_id: ami-0abc... | {region: ami}  # optional: else the newest Amazon Linux 2023 image of the region
     disk_gb: 100                         # optional, default 100: the root EBS volume of every instance
+    instance_profile: stackyard-ssm      # optional: the IAM instance profile (name or ARN) instances get;
+                                         # runs need one with AmazonSSMManagedInstanceCore (``aws_jobs``)
 
 Credentials: ``{"type": "access_key", "access_key": ..., "secret_key": ...}`` or ``{"type": "default"}``
 (boto3's own chain: environment, ``~/.aws``, the instance role).
@@ -21,13 +23,16 @@ import re
 from backends.drivers.orphan_policy import ORPHAN_KEYS, validate_orphan_keys
 from core.errors import InvalidInput
 
-CONFIG_KEYS = ("regions", "endpoint_url", "vpc_name", "subnet_ids", "public_ips", "ami_id", "disk_gb", *ORPHAN_KEYS)
+CONFIG_KEYS = ("regions", "endpoint_url", "vpc_name", "subnet_ids", "public_ips", "ami_id", "disk_gb",
+               "instance_profile", *ORPHAN_KEYS)
 DEFAULT_DISK_GB = 100
 MAX_DISK_GB = 16384  # the largest gp3 volume
 # us-east-1, eu-central-2, us-gov-west-1, cn-north-1, ap-southeast-4 ...
 REGION_NAME = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 AMI_ID = re.compile(r"ami-[0-9a-f]{8,17}")
 SUBNET_ID = re.compile(r"subnet-[0-9a-f]{8,17}")
+PROFILE_NAME = re.compile(r"[\w+=,.@-]{1,128}")  # IAM's rule for instance profile names
+PROFILE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:instance-profile/([\w+=,.@/-]{1,512})")
 CREDENTIAL_TYPES = {"access_key": ("type", "access_key", "secret_key"), "default": ("type",)}
 
 
@@ -49,7 +54,7 @@ def validate_config(config: dict) -> dict:
         raise _invalid("subnet_ids", "give vpc_name or subnet_ids, not both")
     cleaned = {"regions": _regions(config.get("regions"))}
     checks = {"endpoint_url": _endpoint_url, "vpc_name": _vpc_name, "subnet_ids": _subnet_ids,
-              "public_ips": _public_ips, "ami_id": _ami_id, "disk_gb": _disk_gb}
+              "public_ips": _public_ips, "ami_id": _ami_id, "disk_gb": _disk_gb, "instance_profile": _instance_profile}
     for key, check in checks.items():
         if key in config:
             cleaned[key] = check(config[key], cleaned["regions"])
@@ -116,6 +121,18 @@ def _disk_gb(value, _regions) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 8 <= value <= MAX_DISK_GB:
         raise _invalid("disk_gb", f"disk_gb must be an integer number of GB, 8..{MAX_DISK_GB}")
     return value
+
+
+def _instance_profile(value, _regions) -> str:
+    if not isinstance(value, str) or not (PROFILE_NAME.fullmatch(value) or PROFILE_ARN.fullmatch(value)):
+        raise _invalid("instance_profile", "instance_profile must be an IAM instance profile name or ARN "
+                       "(arn:aws:iam::<account>:instance-profile/<name>)")
+    return value
+
+
+def instance_profile_param(value: str) -> dict:
+    """``run_instances``' ``IamInstanceProfile`` for a configured name or ARN."""
+    return {"Arn": value} if value.startswith("arn:") else {"Name": value}
 
 
 def validate_credentials(credentials: dict) -> dict:

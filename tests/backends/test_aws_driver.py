@@ -1,8 +1,10 @@
 """The aws driver against a moto server on loopback (real HTTP): config, access check, offers and their
-cache, instances, EBS volumes, tagged resources, error mapping; and the price catalogue command."""
+cache, instances, EBS volumes, workloads through SSM Run Command, tagged resources, error mapping; and the
+price catalogue command."""
 
 import http.server
 import json
+import subprocess
 import threading
 
 import pytest
@@ -10,10 +12,12 @@ from django.core.management import CommandError, call_command
 
 from backends.drivers import aws as aws_module
 from backends.drivers import aws_calls, aws_offers
-from backends.drivers.aws import AGENT_MISSING, AwsDriver
+from backends.drivers.aws import AwsDriver
 from backends.drivers.aws_config import validate_config, validate_credentials
+from backends.drivers.aws_jobs import PROBES_UNSUPPORTED, job_script
 from backends.drivers.base import (
     FatalError,
+    JobLaunch,
     NoCapacityError,
     NotFoundError,
     TransientError,
@@ -23,7 +27,7 @@ from backends.drivers.registry import driver_class, get_driver
 from backends.models import Backend
 from core.errors import InvalidInput
 from projects.models import Project
-from tests.moto_server import moto_server  # noqa: F401  (the fixture)
+from tests.moto_server import answer_ssm, moto_server  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -124,6 +128,7 @@ def test_the_registry_serves_aws_backends():
     ({"regions": ["us-east-1"], "public_ips": "yes"}, "public_ips"),
     ({"regions": ["us-east-1"], "ami_id": {"eu-west-1": "ami-12345678"}}, "ami_id.eu-west-1"),
     ({"regions": ["us-east-1"], "disk_gb": 4}, "disk_gb"),
+    ({"regions": ["us-east-1"], "instance_profile": "arn:aws:iam::12:role/x"}, "instance_profile"),
 ])
 def test_a_bad_config_names_its_key(config, field):
     with pytest.raises(InvalidInput) as err:
@@ -133,7 +138,8 @@ def test_a_bad_config_names_its_key(config, field):
 
 def test_a_good_config_is_kept_as_given():
     config = {"regions": ["us-east-1"], "endpoint_url": "http://127.0.0.1:5000", "subnet_ids": ["subnet-0123abcd"],
-              "public_ips": False, "ami_id": {"us-east-1": "ami-0123abcd"}, "disk_gb": 200, "terminate_orphans": True}
+              "public_ips": False, "ami_id": {"us-east-1": "ami-0123abcd"}, "disk_gb": 200, "terminate_orphans": True,
+              "instance_profile": "arn:aws:iam::123456789012:instance-profile/stackyard-ssm"}
     assert validate_config(config) == config
 
 
@@ -311,14 +317,6 @@ def test_an_unreachable_endpoint_is_transient(backend):
         AwsDriver(backend).check_access()
 
 
-def test_no_workload_runs_on_aws_instances_without_the_agent(driver):
-    instance_id = launch(driver)
-    with pytest.raises(FatalError, match=AGENT_MISSING):
-        driver.start_job(job_name="j", instance_id=instance_id, commands=["echo hi"], env={})
-    with pytest.raises(NotFoundError):
-        driver.poll_job(workload_id="w-1")
-
-
 # --- volumes ----------------------------------------------------------------------------------------
 
 
@@ -411,6 +409,180 @@ def test_detach_of_an_unknown_volume_is_not_taken_for_detached(driver):
     with pytest.raises(NotFoundError):
         driver.is_volume_detached(volume_id="vol-0123456789abcdef0", instance_id="i-0123456789abcdef0",
                                   region="us-east-1")
+
+
+# --- workloads (SSM Run Command) -------------------------------------------------------------------
+# moto's SSM (server mode) stores what SendCommand sends and answers ListCommands (by id or instance, its
+# Filters ignored) and GetCommandInvocation, where every command has already succeeded (exit 0, no
+# output); it checks neither that the instance exists nor that SSM manages it, and has no CancelCommand
+# or ListCommandInvocations. What it cannot answer (a command still running, a failure, output, an
+# unmanaged instance) is injected with ``answer_ssm``, which records the calls it answers.
+
+
+def job(instance_id, token="stackyard-job-1", **changes) -> JobLaunch:
+    return JobLaunch(**{"job_name": "train-0-0", "instance_id": instance_id, "commands": ["echo one", "echo two"],
+                        "env": {}, "client_token": token, **changes})
+
+
+def start(driver, launch: JobLaunch) -> str:
+    [answer] = driver.start_jobs(jobs=[launch])
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+def sent_command(moto, workload_id) -> dict:
+    return moto.ssm().list_commands(CommandId=workload_id.split("/")[1])["Commands"][0]
+
+
+def test_a_job_is_an_ssm_command_with_its_env_mounts_and_commands_in_order(driver, moto_server):  # noqa: F811
+    instance_id = launch(driver)
+    volume_id = create_volume(driver).volume_id
+    device = attach(driver, volume_id, instance_id)
+    mounts = [{"path": "/data", "volume_id": volume_id, "device_name": device},
+              {"path": "/cache", "instance_path": "/mnt/cache"}]
+    env = {"LR": "0.1", "NOTE": "it's $HOME; rm -rf /", "EMPTY": None}
+    workload_id = start(driver, job(instance_id, env=env, mounts=mounts, commands=["pip install -r req.txt",
+                                                                                   "python train.py"]))
+    assert workload_id.startswith(f"{instance_id}/")
+    command = sent_command(moto_server, workload_id)
+    assert command["DocumentName"] == "AWS-RunShellScript"
+    assert command["Comment"] == "stackyard stackyard-job-1 train-0-0"
+    assert command["Parameters"]["executionTimeout"] == ["172800"]
+    script = command["Parameters"]["commands"]
+    assert script == job_script(job(instance_id, env=env, mounts=mounts, commands=["pip install -r req.txt",
+                                                                                   "python train.py"]))
+    body = script[script.index("export LR=0.1"):]
+    assert body == [
+        "export LR=0.1", "export NOTE='it'\"'\"'s $HOME; rm -rf /'", "export EMPTY=''",
+        f"stackyard_mount /dev/sdf {volume_id} /data", "trap 'umount /data' EXIT",
+        "mkdir -p /mnt/cache / && ln -sfT /mnt/cache /cache || stackyard_fail 'could not link /cache to /mnt/cache'",
+        "set -e", "pip install -r req.txt", "python train.py"]
+    assert subprocess.run(["sh", "-n", "-c", "\n".join(script)], capture_output=True).returncode == 0
+
+
+def test_the_script_runs_as_written_under_a_posix_shell(tmp_path):
+    """The script without network volumes, run by ``sh`` here: quoting, links, order and ``set -e``."""
+    cache, link = tmp_path / "host" / "cache", tmp_path / "job" / "cache"
+    script = job_script(job("i-0123456789abcdef0", env={"NOTE": "it's $HOME; `x`", "N": 3},
+                            mounts=[{"path": str(link), "instance_path": str(cache)}],
+                            commands=['echo "$NOTE|$N"', f"echo hi > {link}/out", "false", "echo never"]))
+    done = subprocess.run(["sh", "-c", "\n".join(script)], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout) == (1, "it's $HOME; `x`|3\n")
+    assert (cache / "out").read_text() == "hi\n" and link.is_symlink()
+
+
+def test_a_job_polls_done_as_moto_reports_it_and_its_logs_are_read(driver):
+    instance_id = launch(driver)
+    first, second = start(driver, job(instance_id)), start(driver, job(instance_id, token="stackyard-job-2"))
+    states = driver.poll_jobs(workload_ids=[first, second])
+    assert [(states[w].status, states[w].exit_status, states[w].failure) for w in (first, second)] == [
+        ("done", 0, ""), ("done", 0, "")]
+    assert driver.job_logs(workload_id=first) == []  # moto's commands write nothing
+
+
+def test_a_retried_start_answers_the_first_command(driver, moto_server):  # noqa: F811
+    instance_id = launch(driver)
+    first = start(driver, job(instance_id))
+    assert start(driver, job(instance_id)) == first
+    other = start(driver, job(instance_id, token="stackyard-job-2"))
+    assert other != first
+    comments = [c["Comment"] for c in moto_server.ssm().list_commands(InstanceId=instance_id)["Commands"]]
+    assert sorted(comments) == ["stackyard stackyard-job-1 train-0-0", "stackyard stackyard-job-2 train-0-0"]
+
+
+def test_stopping_a_finished_command_asks_nothing_and_a_running_one_is_cancelled(driver, monkeypatch, calls):
+    instance_id = launch(driver)
+    workload_id = start(driver, job(instance_id))
+    calls.clear()
+    assert driver.stop_jobs(workload_ids=[workload_id]) == {workload_id: None}
+    assert "CancelCommand" not in operations(calls)
+    asked = answer_ssm(monkeypatch, GetCommandInvocation={"Status": "InProgress", "ResponseCode": -1},
+                        CancelCommand={})
+    driver = AwsDriver(driver.backend)
+    assert driver.poll_job(workload_id=workload_id).status == "running"
+    driver.stop_job(workload_id=workload_id)
+    assert asked[-1] == ("CancelCommand", {"CommandId": workload_id.split("/")[1], "InstanceIds": [instance_id]})
+
+
+@pytest.mark.parametrize(("invocation", "expected"), [
+    ({"Status": "Failed", "StatusDetails": "Failed", "ResponseCode": 3, "StandardErrorContent": "x\nOOM\n"},
+     ("failed", 3, "exited with status 3: OOM", "error")),
+    ({"Status": "Cancelled", "StatusDetails": "Cancelled", "ResponseCode": -1},
+     ("stopped", None, "the SSM command was cancelled", "")),
+    ({"Status": "TimedOut", "StatusDetails": "ExecutionTimedOut", "ResponseCode": -1},
+     ("failed", None, "killed at SSM's execution timeout (48 h)", "error")),
+    ({"Status": "Failed", "StatusDetails": "Undeliverable", "ResponseCode": -1},
+     ("failed", None, "SSM could not run it (Failed: Undeliverable)", "error")),
+])
+def test_how_ssm_says_a_command_ended_is_the_jobs_end(driver, monkeypatch, invocation, expected):
+    instance_id = launch(driver)
+    workload_id = start(driver, job(instance_id))
+    answer_ssm(monkeypatch, GetCommandInvocation=invocation)
+    state = AwsDriver(driver.backend).poll_job(workload_id=workload_id)
+    assert (state.status, state.exit_status, state.message, state.failure) == expected
+
+
+def test_a_command_whose_instance_is_gone_is_an_interruption(driver, moto_server, monkeypatch):  # noqa: F811
+    instance_id = launch(driver)
+    workload_id = start(driver, job(instance_id))
+    moto_server.ec2().terminate_instances(InstanceIds=[instance_id])
+    answer_ssm(monkeypatch, GetCommandInvocation="InvocationDoesNotExist")
+    state = AwsDriver(driver.backend).poll_job(workload_id=workload_id)
+    assert (state.status, state.failure) == ("failed", "interruption"), state
+    assert "is gone" in state.message
+
+
+def test_a_missing_invocation_on_a_live_instance_is_asked_again(driver, monkeypatch):
+    instance_id = launch(driver)
+    workload_id = start(driver, job(instance_id))
+    answer_ssm(monkeypatch, GetCommandInvocation="InvocationDoesNotExist")
+    with pytest.raises(TransientError, match="does not list"):
+        AwsDriver(driver.backend).poll_job(workload_id=workload_id)
+
+
+def test_logs_are_stdout_then_stderr_with_tail_and_say_when_ssm_cut_them(driver, monkeypatch):
+    instance_id = launch(driver)
+    workload_id = start(driver, job(instance_id))
+    invocation = {"Status": "Success", "ResponseCode": 0, "StandardOutputContent": "a\nb\n",
+                  "StandardErrorContent": "e\n"}
+    answer_ssm(monkeypatch, GetCommandInvocation=invocation)  # read at each call: changed below
+    driver = AwsDriver(driver.backend)
+    assert driver.job_logs(workload_id=workload_id) == ["a", "b", "e"]
+    assert driver.job_logs(workload_id=workload_id, tail=2) == ["b", "e"]
+    invocation.update(StandardOutputContent="x" * 24000, StandardErrorContent="")
+    assert driver.job_logs(workload_id=workload_id)[-1] == ("[stackyard: SSM keeps only the first 24000 characters "
+                                                            "of stdout; the rest is not shown]")
+    with pytest.raises(NotFoundError):
+        driver.job_logs(workload_id="w-1")
+
+
+def test_a_start_is_refused_before_sending_for_probes_unattached_volumes_and_bad_env(driver, calls):
+    instance_id = launch(driver)
+    volume_id = create_volume(driver).volume_id
+    with pytest.raises(FatalError, match=PROBES_UNSUPPORTED):
+        start(driver, job(instance_id, probes=[{"type": "http", "url": "/health"}]))
+    with pytest.raises(FatalError, match=f"volume {volume_id} is not attached to {instance_id}"):
+        start(driver, job(instance_id, mounts=[{"path": "/data", "volume_id": volume_id, "device_name": "/dev/sdf"}]))
+    with pytest.raises(FatalError, match="not a usable environment variable name"):
+        start(driver, job(instance_id, env={"A-B": "1"}))
+    assert "SendCommand" not in operations(calls)
+    with pytest.raises(NotFoundError):
+        driver.poll_job(workload_id="w-1")
+
+
+def test_an_instance_ssm_does_not_manage_is_transient_while_it_registers(driver, monkeypatch):
+    instance_id = launch(driver)
+    answer_ssm(monkeypatch, SendCommand="InvalidInstanceId")
+    with pytest.raises(TransientError, match="AmazonSSMManagedInstanceCore.*may still be registering"):
+        start(AwsDriver(driver.backend), job(instance_id))
+
+
+def test_instances_get_the_configured_instance_profile(backend, moto_server):  # noqa: F811
+    moto_server.client("iam").create_instance_profile(InstanceProfileName="stackyard-ssm")
+    backend.config = {**backend.config, "instance_profile": "stackyard-ssm"}
+    instance_id = launch(AwsDriver(backend))
+    assert described(moto_server, instance_id)["IamInstanceProfile"]["Arn"].endswith(":instance-profile/stackyard-ssm")
 
 
 # --- tagged resources -------------------------------------------------------------------------------
