@@ -150,20 +150,10 @@ class AwsJobs:
 
     def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict,
                   mounts: list | None = None) -> str:
-        return self._start(JobLaunch(job_name, instance_id, list(commands), dict(env), mounts=list(mounts or [])))
-
-    def start_jobs(self, *, jobs: list[JobLaunch]) -> list[str | DriverError]:
-        """As the default, but with each launch's client token and probes (the default drops them)."""
-        results: list[str | DriverError] = []
-        for launch in jobs:
-            try:
-                results.append(self._start(launch))
-            except DriverError as err:
-                results.append(err)
-        return results
+        return self.start_launch(JobLaunch(job_name, instance_id, list(commands), dict(env), mounts=list(mounts or [])))
 
     @aws_call
-    def _start(self, launch: JobLaunch) -> str:
+    def start_launch(self, launch: JobLaunch) -> str:
         if launch.probes:
             raise FatalError(PROBES_UNSUPPORTED)
         script = job_script(launch)

@@ -318,16 +318,22 @@ class Driver(abc.ABC):
     def start_jobs(self, *, jobs: list[JobLaunch]) -> list[str | DriverError]:
         """Start many workloads: for each launch, its workload id or the error starting it raised.
 
-        Drivers whose provider takes many at once override this; the default starts one by one.
+        Drivers whose provider takes many at once override this; the default starts one by one
+        (``start_launch``).
         """
         results: list[str | DriverError] = []
         for launch in jobs:
             try:
-                results.append(self.start_job(job_name=launch.job_name, instance_id=launch.instance_id,
-                                              commands=launch.commands, env=launch.env, mounts=launch.mounts))
+                results.append(self.start_launch(launch))
             except DriverError as err:
                 results.append(err)
         return results
+
+    def start_launch(self, launch: JobLaunch) -> str:
+        """Start one workload from its whole launch. The default calls ``start_job``, which has no
+        client token or probes: drivers that honour those override this."""
+        return self.start_job(job_name=launch.job_name, instance_id=launch.instance_id, commands=launch.commands,
+                              env=launch.env, mounts=launch.mounts)
 
     @abc.abstractmethod
     def stop_job(self, *, workload_id: str) -> None:

@@ -117,19 +117,9 @@ class LocalJobs:
 
     def start_job(self, *, job_name: str, instance_id: str, commands: list[str], env: dict,
                   mounts: list | None = None) -> str:
-        return self._start(JobLaunch(job_name, instance_id, list(commands), dict(env), mounts=list(mounts or [])))
+        return self.start_launch(JobLaunch(job_name, instance_id, list(commands), dict(env), mounts=list(mounts or [])))
 
-    def start_jobs(self, *, jobs: list[JobLaunch]) -> list[str | DriverError]:
-        """As the default, but each launch's client token is used (the default drops it)."""
-        results: list[str | DriverError] = []
-        for launch in jobs:
-            try:
-                results.append(self._start(launch))
-            except DriverError as err:
-                results.append(err)
-        return results
-
-    def _start(self, launch: JobLaunch) -> str:
+    def start_launch(self, launch: JobLaunch) -> str:
         workload_id = safe_part(launch.client_token) if launch.client_token else f"job-{uuid.uuid4().hex[:16]}"
         folder = self.jobs_dir / workload_id
         if self._started_before(folder, launch):  # a retried start answers the first, whatever happened since
