@@ -1,4 +1,5 @@
-"""Replica-scoped retry, and ``max_duration``.
+"""Replica-scoped retry: whether a failed replica is retried, after how long, and its resubmission
+(decided by ``runs.jobs`` when a failure is recorded, and by the periodic pass of ``runs.supervisor``).
 
 When a replica's job fails and the run's ``retry`` covers that kind of failure (``on_events``:
 ``no-capacity``, ``interruption``, ``error``), only that replica is resubmitted: a new job row per
@@ -19,19 +20,15 @@ import dataclasses
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from core.events import record_event
 from core.kicks import kick
 from runs.models import (
-    JOB_FINISHED_STATES,
-    RUN_FINISHED_STATES,
     Job,
     JobStatus,
     JobTerminationReason,
     Run,
-    RunStatus,
 )
 
 MAX_INTERVAL_SECONDS = 600
@@ -122,30 +119,3 @@ def resubmit_replica(run: Run, nodes: list[Job], decision: Verdict, why: str) ->
                      message=message)
         kick("runs.place_jobs")
     return True
-
-
-# --- the periodic pass ------------------------------------------------------------------------------
-
-
-def retry_failed_replicas() -> int:
-    """One pass (beat, and kicked on every job failure): runs whose ``max_duration`` is over start
-    terminating; runs with a failed latest job are derived again, which retries the failed replicas
-    (or fails the run). Level-triggered and idempotent; returns how many runs it looked at."""
-    from runs.jobs import refresh_run_statuses, start_run_termination
-
-    active = Run.objects.exclude(status__in=(*RUN_FINISHED_STATES, RunStatus.TERMINATING))
-    ended = 0
-    now = timezone.now()
-    for run in active.filter(spec__max_duration__isnull=False).only("pk", "project_id", "name", "spec", "status",
-                                                                     "submitted_at", "terminating_since"):
-        limit = run.spec.get("max_duration")
-        if limit is not None and run.submitted_at + timedelta(seconds=limit) <= now:
-            ended += start_run_termination(run=run, reason="max_duration_exceeded",
-                                           message=f"max_duration {limit} s exceeded")
-    later = Job.objects.filter(run_id=OuterRef("run_id"), replica_num=OuterRef("replica_num"),
-                               job_num=OuterRef("job_num"), submission_num__gt=OuterRef("submission_num"))
-    failing = set(Job.objects.filter(run__in=active, status__in=JOB_FINISHED_STATES).exclude(status=JobStatus.DONE)
-                  .exclude(termination_reason=JobTerminationReason.SCALED_DOWN)
-                  .exclude(Exists(later)).values_list("run_id", flat=True).distinct())
-    refresh_run_statuses(failing)
-    return ended + len(failing)

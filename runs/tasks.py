@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from runs import placement, retries, rollout, workloads
+from runs import placement, rollout, supervisor, workloads
 
 
 @shared_task(name="runs.place_jobs", acks_late=True, time_limit=120, soft_time_limit=100)
@@ -17,7 +17,7 @@ def process_jobs() -> int:
 
 @shared_task(name="runs.retry_failed_replicas", acks_late=True, time_limit=120, soft_time_limit=100)
 def retry_failed_replicas() -> int:
-    return retries.retry_failed_replicas()
+    return supervisor.retry_failed_replicas()
 
 
 @shared_task(name="runs.roll_out", acks_late=True, time_limit=120, soft_time_limit=100)

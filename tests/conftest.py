@@ -75,8 +75,8 @@ def reconcile_pass() -> int:
     from fleets.instances import process_instances, process_terminating_instances
     from fleets.provisioning import reconcile_fleets
     from runs.placement import place_jobs
-    from runs.retries import retry_failed_replicas
     from runs.rollout import roll_out
+    from runs.supervisor import retry_failed_replicas
     from runs.workloads import process_jobs
     from volumes.attachments import attach_volumes, detach_volumes, enforce_stop_durations
     from volumes.provisioning import process_volumes

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from core.models import Event
 from runs.models import Job, Run
-from runs.retries import retry_failed_replicas
+from runs.supervisor import retry_failed_replicas
 
 pytestmark = pytest.mark.django_db
 
