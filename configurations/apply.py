@@ -1,6 +1,6 @@
 """Apply a dstack configuration file: parse it, then hand it to the service of its resource type."""
 
-from configurations.loading import load_document, parse_configuration
+from configurations.loading import load_document, parse_configuration, unwrap_request
 from core.specs import ApplyResult
 from fleets.services import apply_fleet
 from projects.models import Project
@@ -10,8 +10,8 @@ from volumes.services import apply_volume
 
 def apply_configuration(*, project: Project, body: bytes, content_type: str | None, user, dry_run: bool) -> ApplyResult:
     """Create or update the resource a configuration file describes (or say what would change)."""
-    doc = load_document(body, content_type)
-    kind, spec = parse_configuration(doc)
+    doc, env = unwrap_request(load_document(body, content_type))
+    kind, spec = parse_configuration(doc, env)
     actor = getattr(user, "username", "") or ""
     if kind == "fleet":
         return apply_fleet(project=project, spec=spec, actor=actor, dry_run=dry_run)

@@ -8,7 +8,15 @@ import json
 
 import yaml
 
-from core.specs import MAX_NESTING, SpecError, check_json_nesting, kind_of, require_mapping
+from core.specs import (
+    MAX_NESTING,
+    SpecError,
+    check_json_nesting,
+    fill_env,
+    kind_of,
+    parse_request_env,
+    require_mapping,
+)
 from fleets.specs import parse_fleet_spec
 from runs.specs import parse_run_spec
 from volumes.specs import parse_volume_spec
@@ -61,8 +69,25 @@ def load_document(body: bytes | str, content_type: str | None) -> dict:
     return doc
 
 
-def parse_configuration(doc: dict) -> tuple[str, dict]:
-    """(type, normalized spec) for a fleet, volume, task or service document; SpecError otherwise."""
+def unwrap_request(doc: dict) -> tuple[object, dict[str, str] | None]:
+    """A JSON apply body may wrap the file: ``{"configuration": <the document, or its YAML text>,
+    "env": {"HF_TOKEN": "..."}}``; the ``env`` map gives the values of the file's bare ``env`` entries.
+    Returns (document, env map or None); a plain document is returned as it is."""
+    if "configuration" not in doc:
+        return doc, None
+    extra = sorted(set(doc) - {"configuration", "env"})
+    if extra:
+        raise SpecError(extra[0], "a wrapped apply request has only 'configuration' and 'env'")
+    configuration = doc["configuration"]
+    if isinstance(configuration, str):
+        configuration = load_document(configuration, "application/yaml")
+    env = None if doc.get("env") is None else parse_request_env(doc["env"])
+    return configuration, env
+
+
+def parse_configuration(doc: dict, env: dict[str, str] | None = None) -> tuple[str, dict]:
+    """(type, normalized spec) for a fleet, volume, task or service document; SpecError otherwise.
+    ``env`` fills the document's valueless ``env`` entries (``core.specs.fill_env``)."""
     doc = require_mapping(doc, "")
     kind = doc.get("type")
     if kind is None:
@@ -73,7 +98,8 @@ def parse_configuration(doc: dict) -> tuple[str, dict]:
         raise SpecError("type", f"Stackyard does not support '{kind}' configurations yet")
     if kind not in PARSERS:
         raise SpecError("type", f"unknown configuration type {kind!r}: expected one of {', '.join(PARSERS)}")
-    return kind, PARSERS[kind](doc)
+    spec = PARSERS[kind](doc)
+    return kind, fill_env(spec, env) if "env" in spec else spec
 
 
 def _decode(body: bytes | str) -> str:

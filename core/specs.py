@@ -5,6 +5,7 @@ from, and either returns a normalized, JSON-serializable value or raises :class:
 that field. Nothing here touches the database, so the API, the admin and the tests share it freely.
 """
 
+import json
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -413,16 +414,22 @@ def _parse_gpu_mapping(value: dict, field: str) -> dict:
 # --- env, retry, placement ---------------------------------------------------------------------
 
 
-def parse_env(value: object, field: str = "env") -> dict[str, str]:
-    """Environment variables from a list of 'KEY=VALUE' strings or a mapping; values become strings."""
+def parse_env(value: object, field: str = "env") -> dict[str, str | None]:
+    """Environment variables from a list of 'KEY=VALUE' strings or a mapping; values become strings.
+
+    A bare ``KEY`` (or ``KEY:`` with no value in a mapping) is dstack's "take it from the user's shell":
+    its value is None here, and ``fill_env`` fills it from the apply request's ``env`` map."""
     if value is None:
         return {}
     if isinstance(value, list):
         return dict(_parse_env_item(item, f"{field}[{i}]") for i, item in enumerate(value))
     env = require_mapping(value, field)
-    result = {}
+    result: dict[str, str | None] = {}
     for key, item in env.items():
         _check_env_key(key, subfield(field, key))
+        if item is None:
+            result[key] = None
+            continue
         # Booleans are refused rather than guessed: YAML turns an unquoted yes/off into True/False.
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             raise SpecError(subfield(field, key), f"expected a string value (quote it), got {kind_of(item)}")
@@ -430,13 +437,38 @@ def parse_env(value: object, field: str = "env") -> dict[str, str]:
     return result
 
 
-def _parse_env_item(item: object, field: str) -> tuple[str, str]:
-    """One 'KEY=VALUE' list item. A bare KEY (dstack reads it from the client's shell) cannot be honoured here."""
-    if not isinstance(item, str) or "=" not in item:
-        raise SpecError(field, f"expected 'KEY=VALUE', got {item!r}")
-    key, _, val = item.partition("=")
+def _parse_env_item(item: object, field: str) -> tuple[str, str | None]:
+    """One 'KEY=VALUE' list item, or a bare 'KEY' whose value the request gives."""
+    if not isinstance(item, str):
+        raise SpecError(field, f"expected 'KEY=VALUE' or 'KEY', got {item!r}")
+    key, sep, val = item.partition("=")
     _check_env_key(key, field)
-    return key, val
+    return key, (val if sep else None)
+
+
+def fill_env(spec: dict, given: dict[str, str] | None) -> dict:
+    """The spec with every valueless ``env`` entry taken from ``given`` (the request's ``env`` map, as
+    the CLI sends the user's shell values); SpecError on ``env`` naming those still missing."""
+    env = spec.get("env")
+    if not env or all(value is not None for value in env.values()):
+        return spec
+    given = given or {}
+    missing = [key for key, value in env.items() if value is None and key not in given]
+    if missing:
+        example = json.dumps({missing[0]: "..."})
+        raise SpecError("env", f"no value for {', '.join(missing)}: give it as KEY=VALUE in the file, or in the "
+                               f"request's env map ({{\"configuration\": ..., \"env\": {example}}})")
+    return {**spec, "env": {key: given[key] if value is None else value for key, value in env.items()}}
+
+
+def parse_request_env(value: object, field: str = "env") -> dict[str, str]:
+    """The apply request's ``env`` map: variable names to string values."""
+    env = require_mapping(value, field)
+    for key, item in env.items():
+        _check_env_key(key, subfield(field, key))
+        if not isinstance(item, str):
+            raise SpecError(subfield(field, key), f"expected a string value, got {kind_of(item)}")
+    return dict(env)
 
 
 def _check_env_key(key: object, field: str) -> None:

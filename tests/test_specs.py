@@ -162,7 +162,7 @@ REJECTED = [
     (TASK + "volumes: ['data:relative']", "volumes[0]", "absolute"),
     (TASK + "volumes: ['a1:/data', {name: b1, path: /data/}]", "volumes[1].path", "twice"),
     (TASK + "volumes: [{name: [a1, Bad], path: /d}]", "volumes[0].name[1]", "invalid"),
-    (TASK + "env: [NOVALUE]", "env[0]", "KEY=VALUE"),
+    (TASK + "env: [NOVALUE]", "env", "no value for NOVALUE"),
     (TASK + "env: {DEBUG: yes}", "env.DEBUG", "quote"),
     ("type: volume\nname: v1\nbackend: sim\nregion: r", "size", "required"),
     ("type: volume\nname: v1\nregion: r\nsize: 10GB", "backend", "required"),
