@@ -41,45 +41,53 @@ def _check_access(backend: Backend) -> None:
                            field="credentials") from None
 
 
-@transaction.atomic
 def create_backend(
     *, project: Project, name: str, type: str, config: dict | None = None, credentials: dict | None = None,
     actor: str = "",
 ) -> Backend:
-    """Create a backend after its driver validated the config. Names are unique per project."""
+    """Create a backend after its driver validated the config and proved access (that provider call
+    is made before the transaction, never inside it). Names are unique per project."""
     name = valid_name(name)
     config = _validated_config(type, config)
     credentials = _validated_credentials(type, credentials)
-    if Backend.objects.filter(project=project, name=name).exists():
-        raise Conflict(f"backend '{name}' already exists in project '{project.name}'", code="already_exists")
     backend = Backend(project=project, name=name, type=type, config=config)
     backend.credentials = credentials
+    if Backend.objects.filter(project=project, name=name).exists():
+        raise Conflict(f"backend '{name}' already exists in project '{project.name}'", code="already_exists")
     _check_access(backend)
-    with insert_once(Backend.objects.filter(project=project, name=name), f"backend '{name}'"):
-        backend.save()
-    record_event(project=project, resource_type="backend", resource_name=name, kind="created", actor=actor)
+    with transaction.atomic():
+        with insert_once(Backend.objects.filter(project=project, name=name), f"backend '{name}'"):
+            backend.save()
+        record_event(project=project, resource_type="backend", resource_name=name, kind="created", actor=actor)
     return backend
 
 
-@transaction.atomic
 def update_backend(
     *, backend: Backend, config: dict | None = None, credentials: dict | None = None, actor: str = ""
 ) -> Backend:
-    """Replace the config and/or credentials of a backend (credentials stay write-only)."""
-    backend = lock_backend(backend.pk)
-    changed = []
+    """Replace the config and/or credentials of a backend (credentials stay write-only). The new ones
+    are validated and their access proved first, outside any transaction or row lock."""
+    changes: dict = {}
     if config is not None:
-        backend.config = _validated_config(backend.type, config)
-        changed.append("config")
+        changes["config"] = _validated_config(backend.type, config)
     if credentials is not None:
-        backend.credentials = _validated_credentials(backend.type, credentials)
-        changed.append("credentials")
-    if changed:
-        _check_access(backend)
+        changes["credentials"] = _validated_credentials(backend.type, credentials)
+    if not changes:
+        return backend
+    candidate = Backend.objects.filter(pk=backend.pk).first()
+    if candidate is None:
+        raise Conflict("the backend was deleted", code="backend_deleted")
+    for field, value in changes.items():
+        setattr(candidate, field, value)
+    _check_access(candidate)
+    with transaction.atomic():
+        backend = lock_backend(backend.pk)
+        for field, value in changes.items():
+            setattr(backend, field, value)
         backend.save()
         record_event(
             project=backend.project_id, resource_type="backend", resource_name=backend.name, kind="updated",
-            message="changed " + ", ".join(changed), actor=actor,
+            message="changed " + ", ".join(changes), actor=actor,
         )
     return backend
 
