@@ -22,13 +22,16 @@ def record_probes(job: Job, passing: bool | None) -> bool:
     """Record one poll's probe outcome for a running job; True if its readiness changed.
 
     ``passing`` is None when the job has no probes: then it is ready while running."""
+    # A steady replica (ready and passing, or failing and counted at zero) costs no write per poll.
+    if (passing is None or passing) and job.ready:
+        return False
+    if passing is False and not job.ready and job.probe_passes == 0:
+        return False
     running = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING)
     if passing is None:
         return bool(running.filter(ready=False).update(ready=True))
     if not passing:
-        changed = bool(running.filter(ready=True).update(ready=False))
-        running.exclude(probe_passes=0).update(probe_passes=0)
-        return changed
+        return bool(running.update(ready=False, probe_passes=0)) and job.ready
     threshold = ready_after(job.run.spec)
     running.update(probe_passes=F("probe_passes") + 1)
     return bool(running.filter(ready=False, probe_passes__gte=threshold).update(ready=True))

@@ -201,15 +201,21 @@ def end_jobs(finishes: list[Finish]) -> set[int]:
     holding = jobs_holding_volumes([f.job_id for f in finishes])
     moved = finish_jobs([f for f in finishes if f.job_id not in holding])
     now = timezone.now()
+    detaching = [f for f in finishes if f.job_id in holding]
+    named = {pk: (name, project_id) for pk, name, project_id in Job.objects.filter(
+        pk__in=[f.job_id for f in detaching]).values_list("pk", "name", "project_id")}
     with transaction.atomic():
-        for finish in (f for f in finishes if f.job_id in holding):
+        events = []
+        for finish in detaching:
             if Job.objects.filter(pk=finish.job_id, status__in=(JobStatus.PROVISIONING, JobStatus.RUNNING)).update(
                     status=JobStatus.TERMINATING, termination_reason=finish.reason, exit_status=finish.exit_status,
                     status_message=finish.message, workload_stopped_at=now, lease_until=None, lease_owner="",
                     last_processed_at=None, updated_at=now):
                 moved.add(finish.job_id)
-                job = Job.objects.only("project_id", "name").get(pk=finish.job_id)
-                _job_event(job, "terminating", f"{finish.message or finish.reason}; detaching its volumes")
+                name, project_id = named[finish.job_id]
+                events.append(Event(project_id=project_id, resource_type="job", resource_name=name, kind="terminating",
+                                    message=f"{finish.message or finish.reason}; detaching its volumes"))
+        Event.objects.bulk_create(events)
     return moved
 
 
@@ -417,9 +423,6 @@ def _move_group(group: list[Run], source: str, target: str, **changes) -> set[in
     return {run.pk for run in group if not _move(run, target, **changes)}
 
 
-FAILED_JOB_STATES = (JobStatus.FAILED, JobStatus.ABORTED, JobStatus.TERMINATED)
-
-
 def _settle_run(run: Run, latest: list[Job]) -> None:
     """A run that is not terminating, with a failed replica or with every job done.
 
@@ -430,7 +433,7 @@ def _settle_run(run: Run, latest: list[Job]) -> None:
     replicas: dict[int, list[Job]] = {}
     for job in latest:
         replicas.setdefault(job.replica_num, []).append(job)
-    failing = {r: nodes for r, nodes in replicas.items() if any(n.status in FAILED_JOB_STATES for n in nodes)}
+    failing = {r: nodes for r, nodes in replicas.items() if any(n.status in retries.FAILED_STATES for n in nodes)}
     if not failing:
         if all(job.status == JobStatus.DONE for job in latest):
             _move(run, RunStatus.DONE, termination_reason=RunTerminationReason.ALL_JOBS_DONE,
@@ -439,7 +442,7 @@ def _settle_run(run: Run, latest: list[Job]) -> None:
     waiting = ""
     for nodes in failing.values():
         # The failure that ended the replica (not a sibling node stopped because of it).
-        failed = sorted((n for n in nodes if n.status in FAILED_JOB_STATES),
+        failed = sorted((n for n in nodes if n.status in retries.FAILED_STATES),
                         key=lambda n: (n.termination_reason == JobTerminationReason.STOPPED_BY_SERVER,
                                        n.finished_at or timezone.now()))[0]
         why = f"job {failed.name} failed: {failed.status_message or failed.termination_reason}"
