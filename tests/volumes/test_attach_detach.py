@@ -428,3 +428,29 @@ def test_only_an_attachment_that_may_be_attached_holds_its_instance(project, sim
             instance=instances[case], status=case.split("-")[0], attached_at=attached_at)
     holding = set(Instance.objects.filter(held()).values_list("name", flat=True))
     assert holding == {instances[c].name for c in ("attaching", "attached", "detaching", "failed-after-attach")}
+
+
+def test_a_detach_forced_during_a_poll_is_not_left_resting(fleet, api, apply, reconcile, monkeypatch):
+    from backends.drivers.sim_volumes import SimVolumes
+    from volumes.attachments import detach_volumes
+
+    volume(apply, "data")
+    reconcile()
+    running_with(api, apply, reconcile)
+    fault(api, kind="stuck_detach", volume="data", forced_ok=True)
+    stop(api, "train")
+    reconcile()
+    original = SimVolumes.is_volume_detached
+
+    def abort_meanwhile(self, **kwargs):  # the user aborts while this pass polls the unforced detach
+        VolumeAttachment.objects.update(force=True)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(SimVolumes, "is_volume_detached", abort_meanwhile)
+    VolumeAttachment.objects.update(lease_until=None)
+    detach_volumes()
+    attachment = VolumeAttachment.objects.get()
+    assert attachment.status == "detaching" and attachment.lease_until is None  # due again at once
+    monkeypatch.undo()
+    detach_volumes()
+    assert VolumeAttachment.objects.get().status == "detached"
