@@ -24,6 +24,9 @@ class Fleet(Leased):
     name = models.CharField(max_length=64)
     spec = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=FleetStatus.choices, default=FleetStatus.SUBMITTED)
+    # ``placement: cluster``: the zone every instance goes to, and the provider's placement group there.
+    cluster_zone = models.CharField(max_length=64, blank=True, default="")
+    placement_group = models.CharField(max_length=128, blank=True, default="")
     status_message = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -9,6 +9,7 @@ from core.leases import Leased
 class RunType(models.TextChoices):
     TASK = "task"
     SERVICE = "service"
+    DEV_ENVIRONMENT = "dev-environment"
 
 
 class RunStatus(models.TextChoices):
@@ -42,6 +43,8 @@ class RunTerminationReason(models.TextChoices):
     NO_CAPACITY = "no_capacity"
     MAX_DURATION_EXCEEDED = "max_duration_exceeded"
     SERVER_ERROR = "server_error"
+    INACTIVITY_DURATION_EXCEEDED = "inactivity_duration_exceeded"
+    UTILIZATION_POLICY = "terminated_due_to_utilization_policy"
 
 
 class RunHealth(models.TextChoices):
@@ -62,7 +65,7 @@ class Run(models.Model):
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.SUBMITTED)
     status_message = models.TextField(blank=True, default="")
     termination_reason = models.CharField(
-        max_length=32, choices=RunTerminationReason.choices, blank=True, default=""
+        max_length=48, choices=RunTerminationReason.choices, blank=True, default=""
     )
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     submitted_at = models.DateTimeField(auto_now_add=True)
@@ -73,6 +76,8 @@ class Run(models.Model):
     # Bumped when a re-apply changes what the jobs run (commands, image, env, resources...): jobs of
     # an older version are replaced one replica at a time (a rolling update).
     spec_version = models.PositiveIntegerField(default=0)
+    # A run with a ``schedule`` waits ``pending`` until this time, then submits its jobs (runs.schedules).
+    next_triggered_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
         ordering = ["project_id", "-submitted_at", "-id"]
@@ -115,6 +120,8 @@ class JobTerminationReason(models.TextChoices):
     SERVER_ERROR = "server_error"
     # The replica is no longer wanted: the service was scaled down, or a rolling update replaced it.
     SCALED_DOWN = "scaled_down"
+    INACTIVITY_DURATION_EXCEEDED = "inactivity_duration_exceeded"
+    UTILIZATION_POLICY = "terminated_due_to_utilization_policy"
 
 
 class Job(Leased):
@@ -132,7 +139,7 @@ class Job(Leased):
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.SUBMITTED)
     status_message = models.TextField(blank=True, default="")
     termination_reason = models.CharField(
-        max_length=32, choices=JobTerminationReason.choices, blank=True, default=""
+        max_length=48, choices=JobTerminationReason.choices, blank=True, default=""
     )
     exit_status = models.IntegerField(null=True, blank=True)
     instance = models.ForeignKey(
@@ -149,6 +156,10 @@ class Job(Leased):
     ready = models.BooleanField(default=False)
     probe_passes = models.PositiveIntegerField(default=0)
     spec_version = models.PositiveIntegerField(default=0)  # the run's ``spec_version`` this job runs
+    # The GPU utilization (%) the driver last reported, and since when it has stayed below the run's
+    # ``utilization_policy.min_gpu_utilization`` (runs.utilization).
+    gpu_utilization = models.FloatField(null=True, blank=True)
+    low_utilization_since = models.DateTimeField(null=True, blank=True)
     submitted_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
