@@ -26,9 +26,10 @@ PARSERS = {
     "volume": parse_volume_spec,
     "task": parse_run_spec,
     "service": parse_run_spec,
+    "dev-environment": parse_run_spec,
 }
 # dstack types that exist but that Stackyard does not run: a clear refusal, not "unknown type".
-UNSUPPORTED_TYPES = ("dev-environment", "gateway")
+UNSUPPORTED_TYPES = ("gateway",)
 
 
 # libyaml's parser when PyYAML was built with it: a hostile body of a hundred thousand items takes a

@@ -5,7 +5,9 @@ from core.specs import (
     SpecError,
     check_keys,
     check_type,
+    parse_choice,
     parse_count,
+    parse_int,
     parse_duration,
     parse_env,
     parse_name,
@@ -18,6 +20,7 @@ from core.specs import (
 )
 
 DEFAULT_IDLE_DURATION = 300
+PLACEMENTS = ("any", "cluster")  # cluster: every instance in one zone (a cluster placement group on AWS)
 MAX_BLOCKS = 1024  # blocks per instance (README "Limits"); nodes are at most MAX_NODES
 
 FLEET_FIELDS = (
@@ -34,11 +37,11 @@ FLEET_FIELDS = (
     "instance_types",
     "spot_policy",
     "max_price",
+    "placement",
 )
 # dstack fleet fields Stackyard does not implement: refused by name rather than silently dropped.
 UNSUPPORTED_FLEET_FIELDS = (
     "ssh_config",
-    "placement",
     "reservation",
     "retry",
     "tags",
@@ -68,15 +71,31 @@ def parse_fleet_spec(doc: dict) -> dict:
         "blocks": parse_blocks(doc.get("blocks")),
         "idle_duration": DEFAULT_IDLE_DURATION if idle is None else parse_duration(idle, "idle_duration", True),
         "env": parse_env(doc.get("env")),
+        "placement": parse_choice(doc.get("placement") or "any", "placement", PLACEMENTS),
     }
 
 
 def parse_nodes(value: object, field: str = "nodes") -> dict:
-    """{"min": int, "max": int | None} from N, 'min..max', 'min..' or '..max' (a missing min is 0), each at
-    most MAX_NODES."""
-    nodes = parse_range(value, field, parse_count, maximum=MAX_NODES)
+    """{"min": int, "target": int, "max": int | None} from N, 'min..max', 'min..', '..max' (a missing min is 0)
+    or dstack's {min, target, max}, each at most MAX_NODES. ``target`` (default min) is how many instances the
+    fleet provisions at first; it keeps at least ``min`` and may grow to ``max``."""
+    if isinstance(value, dict):
+        check_keys(value, field, ("min", "target", "max"))
+        target = value.get("target")
+        bounds = {k: value[k] for k in ("min", "max") if value.get(k) is not None}
+        nodes = parse_range(bounds or {"min": 0}, field, parse_count, maximum=MAX_NODES)
+        if target is not None:
+            target = parse_int(target, f"{field}.target", minimum=0, maximum=MAX_NODES)
+    else:
+        nodes, target = parse_range(value, field, parse_count, maximum=MAX_NODES), None
     if nodes["min"] is None:
         nodes["min"] = 0
+    if target is None:
+        target = nodes["min"]
+    if target < nodes["min"] or (nodes["max"] is not None and target > nodes["max"]):
+        raise SpecError(f"{field}.target", f"must be between min ({nodes['min']}) and max "
+                                           f"({'unbounded' if nodes['max'] is None else nodes['max']}), got {target}")
+    nodes["target"] = target
     return nodes
 
 

@@ -27,7 +27,7 @@ from core.specs import (
     subfield,
 )
 
-RUN_TYPES = ("task", "service")
+RUN_TYPES = ("task", "service", "dev-environment")
 MAX_REPLICAS = 1000  # a service's replicas (README "Limits"); a task's nodes are at most MAX_NODES
 MAX_PORT = 65535
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
@@ -51,8 +51,14 @@ COMMON_FIELDS = (
     "spot_policy",
     "max_price",
     "working_dir",
+    "schedule",
+    "utilization_policy",
+    "idle_duration",
+    "startup_order",
+    "stop_criteria",
 )
 TASK_FIELDS = (*COMMON_FIELDS, "nodes")
+DEV_ENVIRONMENT_FIELDS = (*COMMON_FIELDS, "ide", "version", "init", "inactivity_duration")
 SERVICE_FIELDS = (*COMMON_FIELDS, "port", "replicas", "probes")
 # dstack run fields Stackyard does not implement: refused by name rather than silently dropped.
 UNSUPPORTED_COMMON_FIELDS = (
@@ -73,11 +79,6 @@ UNSUPPORTED_COMMON_FIELDS = (
     "priority",
     "reservation",
     "creation_policy",
-    "idle_duration",
-    "utilization_policy",
-    "startup_order",
-    "stop_criteria",
-    "schedule",
     "tags",
     "pool_name",
     "instance_name",
@@ -103,6 +104,44 @@ PROBE_METHODS = ("get", "post", "put", "delete", "patch", "head")
 PROBE_FIELDS = ("type", "url", "method", "headers", "body", "timeout", "interval", "ready_after")
 PROBE_DEFAULT_TIMEOUT = 10
 PROBE_DEFAULT_INTERVAL = 15
+STARTUP_ORDERS = ("any", "master-first", "workers-first")
+STOP_CRITERIA = ("all-done", "master-done")
+MIN_UTILIZATION_WINDOW = 300  # dstack: utilization_policy.time_window is at least 5m
+
+
+def parse_schedule(value: object, field: str = "schedule") -> dict | None:
+    """dstack's ``schedule: {cron: "0 * * * *" | [...]}``: {"cron": [str]} (UTC), or None."""
+    if value is None:
+        return None
+    schedule = require_mapping(value, field)
+    check_keys(schedule, field, ("cron",))
+    crons = parse_string_list(require(schedule, "cron", subfield(field, "cron")), subfield(field, "cron"))
+    if not crons:
+        raise SpecError(subfield(field, "cron"), "must give at least one cron expression")
+    from croniter import croniter
+
+    for i, cron in enumerate(crons):
+        if not croniter.is_valid(cron) or len(cron.split()) != 5:
+            raise SpecError(f"{field}.cron[{i}]", f"invalid cron expression {short_repr(cron)}: expected five fields "
+                                                  "(minute hour day-of-month month day-of-week)")
+    return {"cron": crons}
+
+
+def parse_utilization_policy(value: object, field: str = "utilization_policy") -> dict | None:
+    """{"min_gpu_utilization": 0-100 (%), "time_window": seconds (at least 5m)}, or None."""
+    if value is None:
+        return None
+    policy = require_mapping(value, field)
+    check_keys(policy, field, ("min_gpu_utilization", "time_window"))
+    window = parse_duration(require(policy, "time_window", subfield(field, "time_window")),
+                            subfield(field, "time_window"))
+    if window < MIN_UTILIZATION_WINDOW:
+        raise SpecError(subfield(field, "time_window"), "must be at least 5m")
+    return {
+        "min_gpu_utilization": parse_int(require(policy, "min_gpu_utilization", subfield(field, "min_gpu_utilization")),
+                                         subfield(field, "min_gpu_utilization"), minimum=0, maximum=100),
+        "time_window": window,
+    }
 
 
 def parse_run_spec(doc: dict) -> dict:
@@ -126,6 +165,8 @@ def parse_run_spec(doc: dict) -> dict:
         if doc.get("probes") is not None:
             raise SpecError("probes", "probes are for services only (type: service), as in dstack")
         check_keys(doc, "", TASK_FIELDS, UNSUPPORTED_COMMON_FIELDS)
+    elif kind == "dev-environment":
+        check_keys(doc, "", DEV_ENVIRONMENT_FIELDS, UNSUPPORTED_COMMON_FIELDS)
     else:
         check_keys(doc, "", SERVICE_FIELDS, UNSUPPORTED_SERVICE_FIELDS)
     stop_key = pick_alias(doc, "stop_duration", "max_stop_duration")
@@ -134,7 +175,8 @@ def parse_run_spec(doc: dict) -> dict:
         "name": None if doc.get("name") is None else parse_name(doc["name"], "name"),
         "nodes": 1 if doc.get("nodes") is None else parse_int(doc["nodes"], "nodes", minimum=1, maximum=MAX_NODES),
         "replicas": parse_replicas(doc.get("replicas")) if kind == "service" else 1,
-        "commands": parse_commands(require(doc, "commands")),
+        "commands": (parse_string_list(doc.get("init") or [], "init") if kind == "dev-environment"
+                     else parse_commands(require(doc, "commands"))),
         "image": None if doc.get("image") is None else parse_str(doc["image"], "image"),
         "working_dir": None if doc.get("working_dir") is None else parse_str(doc["working_dir"], "working_dir"),
         "env": parse_env(doc.get("env")),
@@ -147,6 +189,13 @@ def parse_run_spec(doc: dict) -> dict:
         **parse_placement(doc),
         "port": parse_port(require(doc, "port")) if kind == "service" else None,
         "probes": parse_probes(doc.get("probes")) if kind == "service" else [],
+        "schedule": parse_schedule(doc.get("schedule")),
+        "utilization_policy": parse_utilization_policy(doc.get("utilization_policy")),
+        "idle_duration": _off_duration(doc.get("idle_duration"), "idle_duration"),
+        "startup_order": parse_choice(doc.get("startup_order") or "any", "startup_order", STARTUP_ORDERS),
+        "stop_criteria": parse_choice(doc.get("stop_criteria") or "all-done", "stop_criteria", STOP_CRITERIA),
+        "inactivity_duration": (_off_duration(doc.get("inactivity_duration"), "inactivity_duration")
+                                if kind == "dev-environment" else None),
     }
     _check_network_mounts(spec["nodes"], spec["volumes"])
     return spec
