@@ -134,6 +134,8 @@ class Job(Leased):
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="jobs")
     name = models.CharField(max_length=100)
     replica_num = models.PositiveIntegerField(default=0)
+    # The service's replica group (``replicas: [{name, ...}]``) or the task's node group this job belongs to.
+    group = models.CharField(max_length=40, blank=True, default="")
     job_num = models.PositiveIntegerField(default=0)
     submission_num = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.SUBMITTED)
