@@ -1,78 +1,79 @@
 """The dstack-compatible fleet configuration (``type: fleet``): parsing and validation, no database."""
 
+from typing import Literal
+
+from core.configuration import (
+    Env,
+    Name,
+    OfferFilters,
+    RangeSchema,
+    Resources,
+    Retry,
+    parsed,
+    unsupported,
+    validate_configuration,
+)
 from core.specs import (
     MAX_NODES,
     SpecError,
     check_keys,
-    check_type,
-    parse_choice,
     parse_count,
     parse_int,
-    parse_duration,
-    parse_env,
-    parse_name,
-    parse_placement,
     parse_range,
     parse_resources,
-    require,
     require_mapping,
     short_repr,
 )
 
 DEFAULT_IDLE_DURATION = 300
-PLACEMENTS = ("any", "cluster")  # cluster: every instance in one zone (a cluster placement group on AWS)
 MAX_BLOCKS = 1024  # blocks per instance (README "Limits"); nodes are at most MAX_NODES
-
-FLEET_FIELDS = (
-    "type",
-    "name",
-    "nodes",
-    "resources",
-    "blocks",
-    "idle_duration",
-    "env",
-    "backends",
-    "regions",
-    "availability_zones",
-    "instance_types",
-    "spot_policy",
-    "max_price",
-    "placement",
-)
-# dstack fleet fields Stackyard does not implement: refused by name rather than silently dropped.
-UNSUPPORTED_FLEET_FIELDS = (
-    "ssh_config",
-    "reservation",
-    "retry",
-    "tags",
-    "termination_policy",
-    "termination_idle_time",
-)
+_BLOCKS_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_BLOCKS}, {"const": "auto"}]}
+PLACEMENTS = ("any", "cluster")  # cluster: every instance in one zone (a cluster placement group on AWS)
 
 
 def parse_fleet_spec(doc: dict) -> dict:
     """Validate a fleet document and return its normalized spec, or raise SpecError naming the bad field.
 
-    Result: {"type": "fleet", "name", "nodes": {"min": int, "max": int|None}, "resources",
+    Result: {"type": "fleet", "name", "nodes": {"min": int, "target": int, "max": int|None}, "resources",
     "backends", "regions", "availability_zones", "instance_types" (lists or None),
     "blocks": int >= 1 | "auto", "idle_duration": seconds | None (off), "spot_policy",
-    "max_price": float | None, "env": {str: str}}.
+    "max_price": float | None, "env": {str: str}, "placement": "any" | "cluster", "retry": dict | None,
+    "reservation", "tags", "backend_options"}.
     """
-    doc = require_mapping(doc, "")
-    check_type(doc, "fleet")
-    check_keys(doc, "", FLEET_FIELDS, UNSUPPORTED_FLEET_FIELDS)
-    idle = doc.get("idle_duration")
-    return {
-        "type": "fleet",
-        "name": parse_name(require(doc, "name"), "name"),
-        "nodes": parse_nodes(require(doc, "nodes")),
-        "resources": parse_resources(doc.get("resources")),
-        **parse_placement(doc),
-        "blocks": parse_blocks(doc.get("blocks")),
-        "idle_duration": DEFAULT_IDLE_DURATION if idle is None else parse_duration(idle, "idle_duration", True),
-        "env": parse_env(doc.get("env")),
-        "placement": parse_choice(doc.get("placement") or "any", "placement", PLACEMENTS),
-    }
+    return validate_configuration(FleetConfiguration, require_mapping(doc, "")).to_spec()
+
+
+class FleetConfiguration(OfferFilters):
+    """dstack's fleet configuration (cloud fleets; SSH fleets are refused)."""
+
+    type: Literal["fleet"] = "fleet"
+    name: Name
+    nodes: parsed(lambda value, field: parse_nodes(value, field), RangeSchema)
+    placement: Literal[PLACEMENTS] | None = None  # type: ignore[valid-type]
+    resources: Resources | None = None
+    blocks: parsed(lambda value, field: parse_blocks(value, field), _BLOCKS_SCHEMA) = 1
+    retry: Retry | None = None
+    env: Env = {}
+    ssh_config: unsupported("SSH fleets (ssh_config) are not supported: Stackyard provisions instances through "
+                            "its backends (sim, aws, local); give nodes and resources instead") = None
+
+    def to_spec(self) -> dict:
+        idle = self.idle_duration if "idle_duration" in self.model_fields_set else DEFAULT_IDLE_DURATION
+        return {
+            "type": "fleet",
+            "name": self.name,
+            "nodes": self.nodes,
+            "resources": self.resources or parse_resources(None),
+            **self.offer_filters(),
+            "blocks": self.blocks,
+            "idle_duration": idle,
+            "env": self.env,
+            "placement": self.placement or "any",
+            "retry": self.retry,
+            "reservation": self.reservation,
+            "tags": self.tags,
+            "backend_options": self.backend_options,
+        }
 
 
 def parse_nodes(value: object, field: str = "nodes") -> dict:

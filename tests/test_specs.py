@@ -168,7 +168,7 @@ REJECTED = [
     ("type: volume\nname: v1\nbackend: sim\nregion: r", "size", "required"),
     ("type: volume\nname: v1\nregion: r\nsize: 10GB", "backend", "required"),
     ("type: volume\nname: v1\nbackend: sim\nregion: r\nsize: 0", "size", "positive"),
-    ("type: volume\nname: v1\nbackend: sim\nregion: r\nsize: 10GB\ntags: {a: b}", "tags", "not supported"),
+    ("type: volume\nname: v1\nbackend: sim\nregion: r\nsize: 10GB\ntags: {a: 1}", "tags.a", "string"),
     ("type: fleet\nname: f1\nnodes: {min: 2, target: 1}", "nodes.target", "between"),
     ("type: gateway\nname: gw", "type", "does not support"),
     ("type: cluster\nname: c1", "type", "expected one of"),

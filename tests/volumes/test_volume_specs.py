@@ -32,10 +32,11 @@ def test_a_bad_auto_cleanup_duration_names_the_field(value, word):
     assert err.value.field == "auto_cleanup_duration" and word in err.value.message
 
 
-def test_tags_are_still_refused_by_name():
+def test_tags_are_kept_and_must_be_strings():
+    assert parse_volume_spec({**VOLUME, "tags": {"team": "ml"}})["tags"] == {"team": "ml"}
     with pytest.raises(SpecError) as err:
-        parse_volume_spec({**VOLUME, "tags": {"team": "ml"}})
-    assert err.value.field == "tags" and "not supported" in err.value.message
+        parse_volume_spec({**VOLUME, "tags": {"team": 1}})
+    assert err.value.field == "tags.team" and "string" in err.value.message
 
 
 @pytest.mark.django_db
