@@ -11,10 +11,12 @@ PORT ?= 8000
 
 install: $(STAMP)
 
-# pip runs again only when a requirements file is newer than the stamp.
-$(STAMP): requirements.txt requirements-dev.txt
+# pip runs again only when a requirements file (or pyproject.toml) is newer than the stamp. The last
+# step installs the `stackyard` CLI (package cli/, editable) into the venv: .venv/bin/stackyard.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
 run: install

@@ -16,6 +16,7 @@ __all__ = [
     "SimInstanceState",
     "SimJob",
     "SimJobState",
+    "SimPlacementGroup",
     "SimVolume",
     "SimVolumeState",
 ]
@@ -52,6 +53,8 @@ class SimFaultKind(models.TextChoices):
     STUCK_ATTACH = "stuck_attach"
     FAIL_VOLUME_CREATE = "fail_volume_create"
     PROBE_FAIL = "probe_fail"
+    GPU_UTILIZATION = "gpu_utilization"
+    INACTIVE = "inactive"
 
 
 class SimInstance(models.Model):
@@ -72,6 +75,8 @@ class SimInstance(models.Model):
     spot = models.BooleanField(default=False)
     price = models.FloatField(default=0)
     state = models.CharField(max_length=16, choices=SimInstanceState.choices, default=SimInstanceState.PROVISIONING)
+    # The cluster placement group it was launched into ("" for none), as EC2 reports ``Placement.GroupName``.
+    placement_group = models.CharField(max_length=128, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
 
@@ -82,6 +87,28 @@ class SimInstance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance_id} ({self.name}, {self.state})"
+
+
+class SimPlacementGroup(models.Model):
+    """A simulated cluster placement group (EC2's ``Strategy=cluster``): its instances share one zone.
+
+    ``deleted_at`` is set when it is deleted; a name is unique among the groups not deleted.
+    """
+
+    backend = models.ForeignKey("backends.Backend", on_delete=models.CASCADE, related_name="sim_placement_groups")
+    name = models.CharField(max_length=128)
+    region = models.CharField(max_length=64)
+    strategy = models.CharField(max_length=16, default="cluster")
+    created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("id",)
+        constraints = [models.UniqueConstraint(fields=["backend", "name"], condition=models.Q(deleted_at__isnull=True),
+                                               name="sim_placement_group_unique_live_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.region}, {'deleted' if self.deleted_at else 'live'})"
 
 
 class SimVolume(models.Model):
@@ -133,6 +160,9 @@ class SimJob(models.Model):
     instance_id = models.CharField(max_length=64, db_index=True)
     commands = models.JSONField(default=list)
     env = models.JSONField(default=dict)
+    # The image and the rest of the workload's description (python, ports, files, repos...; JobLaunch).
+    image = models.CharField(max_length=255, blank=True, default="")
+    workload = models.JSONField(default=dict, blank=True)
     # What the workload mounts: [{"path", "volume_id", "device_name"} | {"path", "instance_path"}].
     mounts = models.JSONField(default=list)
     # The service's readiness probes; they pass unless a ``probe_fail`` fault names the job.

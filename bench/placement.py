@@ -115,9 +115,9 @@ def placement_only_round(workers: int) -> dict:
 
     from config.celery import app
     from fleets.models import Instance
+    from runs.configuration import parse_run_spec
     from runs.models import Job
     from runs.services import submit_run
-    from runs.specs import parse_run_spec
 
     reset_database()
     app.control.purge()
@@ -142,9 +142,9 @@ def placement_only_round(workers: int) -> dict:
 def placement_round(workers: int) -> dict:
     from config.celery import app
     from fleets.models import Instance
+    from runs.configuration import parse_run_spec
     from runs.models import Job
     from runs.services import submit_run
-    from runs.specs import parse_run_spec
 
     reset_database()
     app.control.purge()

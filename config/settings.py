@@ -39,6 +39,21 @@ ALLOWED_HOSTS = [
     if h.strip()
 ]
 
+# --- HTTPS ----------------------------------------------------------------------------------
+# STACKYARD_HTTPS=1: the site is served over HTTPS, directly or behind a proxy that terminates TLS and sets
+# X-Forwarded-Proto (and strips a client's own). Then plain HTTP is redirected, cookies are Secure and HSTS is
+# sent, as cookiecutter-django's production settings do, and `manage.py check --deploy` passes. Off by default:
+# the embedded default serves plain HTTP on a laptop. Raise DJANGO_SECURE_HSTS_SECONDS to a year (31536000)
+# once every subdomain is served over HTTPS.
+HTTPS = _env_bool("STACKYARD_HTTPS", False)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = _env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "3600"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = _env_bool("DJANGO_SECURE_HSTS_PRELOAD", True)
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -47,7 +62,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -122,6 +136,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"  # collectstatic fills it; runstack runs collectstatic at every start
 STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns about a missing one in every process
+# runstack gives its children PROMETHEUS_MULTIPROC_DIR (this folder, emptied at each start) so /metrics adds up
+# the samples of web, worker and beat processes; without that variable metrics stay in each process (core.metrics).
+METRICS_DIR = DATA_DIR / "metrics"
 
 # --- API ------------------------------------------------------------------------------------
 # A body over this size is answered 413 (code too_large). A configuration file is a few kilobytes; the
@@ -129,7 +146,8 @@ STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns about a missing one in ever
 DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Hashed, named, expiring, revocable tokens (projects.tokens); "Token <key>" or "Bearer <key>".
+        "projects.api.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -201,6 +219,7 @@ FAST_RECONCILERS = (
     "runs.process_jobs",
     "runs.retry_failed_replicas",
     "runs.roll_out",
+    "runs.trigger_scheduled_runs",
     "fleets.process_fleets",
     "fleets.process_instances",
     "fleets.terminate_instances",

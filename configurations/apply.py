@@ -1,7 +1,7 @@
 """Apply a dstack configuration file: parse it, then hand it to the service of its resource type."""
 
 from configurations.loading import load_document, parse_configuration, unwrap_request
-from core.specs import ApplyResult
+from core.applying import ApplyResult
 from fleets.services import apply_fleet
 from projects.models import Project
 from runs.services import submit_run

@@ -18,7 +18,7 @@ from core.specs import (
     require_mapping,
 )
 from fleets.specs import parse_fleet_spec
-from runs.specs import parse_run_spec
+from runs.configuration import parse_run_spec
 from volumes.specs import parse_volume_spec
 
 PARSERS = {

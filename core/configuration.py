@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from core.resource_specs import parse_resources
 from core.specs import (
     MAX_PRICE,
     SPOT_POLICIES,
@@ -26,7 +27,6 @@ from core.specs import (
     parse_env,
     parse_name,
     parse_price,
-    parse_resources,
     parse_retry,
     parse_str,
     parse_string_list,

@@ -3,6 +3,8 @@ pending ones, poll the live ones, terminate the ones let go.
 
 * A create carries the row's client token and our tags, so a create retried after a crash or a
   lost reply finds the VM the first call made, and the orphan finder can tell ours apart.
+* An instance of a ``placement: cluster`` fleet is created in the fleet's placement group: the first
+  create asks the driver for it (idempotent, named after the fleet) and records its name on the fleet.
 * The provider's id is recorded whatever happened to the row during the call. A VM created for a
   row that was let go meanwhile is terminated: by the termination loop if the row is
   ``terminating``, at once if the row is already finished or gone.
@@ -30,7 +32,7 @@ from core.kicks import kick
 from core.pipeline import Reconciler, Step
 from core.transitions import compare_and_swap
 from fleets.holders import held
-from fleets.models import INSTANCE_UP_STATES, Instance, InstanceStatus
+from fleets.models import INSTANCE_UP_STATES, Fleet, Instance, InstanceStatus
 from fleets.services import TERMINATABLE_STATES, finish_fleet_if_empty
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,13 @@ def client_token(instance: Instance) -> str:
 def tags(instance: Instance) -> dict[str, str]:
     """The tags every VM we create carries (the orphan finder reads them back)."""
     return managed_tags(project=instance.project.name, fleet=instance.fleet.name, instance=instance.name)
+
+
+def placement_group_name(instance: Instance) -> str:
+    """The placement group of the instance's fleet: unique per fleet row (a fleet re-created under the
+    same name gets a new one while the old one may still be deleting), at most 128 characters."""
+    fleet = instance.fleet
+    return f"stackyard-{instance.project.name[:40]}-{fleet.name[:60]}-{fleet.pk}"
 
 
 def offer_of(instance: Instance) -> Offer:
@@ -79,22 +88,42 @@ class Provisioner(_InstanceLoop):
         return Q(status=InstanceStatus.PENDING)
 
     def call(self, rows):
-        results = {}
+        results, groups = {}, {}
         for instance in rows:
             self.keep_lease()
             try:
-                results[instance.pk] = self.drivers.get(instance.backend).create_instance(
+                driver = self.drivers.get(instance.backend)
+                group = self._placement_group(driver, instance, groups)
+                results[instance.pk] = driver.create_instance(
                     name=instance.name, offer=offer_of(instance), tags=tags(instance),
-                    client_token=client_token(instance))
+                    client_token=client_token(instance), **({"placement_group": group} if group else {}))
             except DriverError as err:
                 results[instance.pk] = err
         return results
+
+    @staticmethod
+    def _placement_group(driver, instance: Instance, groups: dict[int, str]) -> str:
+        """The placement group the instance goes into: "" unless its fleet is ``placement: cluster``
+        (and its driver has the concept). Made at the first create and recorded on the fleet."""
+        fleet = instance.fleet
+        if fleet.spec.get("placement") != "cluster":
+            return ""
+        if fleet.placement_group or fleet.pk in groups:
+            return fleet.placement_group or groups[fleet.pk]
+        name = placement_group_name(instance)
+        groups[fleet.pk] = driver.create_placement_group(region=instance.region, name=name)
+        if groups[fleet.pk]:
+            Fleet.objects.filter(pk=fleet.pk, placement_group="").update(placement_group=groups[fleet.pk])
+        return groups[fleet.pk]
 
     def record(self, instance, result) -> Step:
         if isinstance(result, TransientError):
             return Step(failed=f"provider error, retrying: {result}")
         if isinstance(result, NoCapacityError):
-            return Step(changed=lose_instance(instance, reason="no_capacity", message=f"no capacity: {result}"))
+            where = (f" in cluster zone {instance.fleet.cluster_zone} (placement: cluster: no other zone is tried)"
+                     if instance.fleet.spec.get("placement") == "cluster" else "")
+            return Step(changed=lose_instance(instance, reason="no_capacity",
+                                              message=f"no capacity{where}: {result}"))
         if isinstance(result, Exception):
             return Step(changed=lose_instance(instance, reason="provisioning_failed", message=str(result)))
         return self._created(instance, result)

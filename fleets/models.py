@@ -93,6 +93,9 @@ class Instance(Leased):
     termination_reason = models.CharField(max_length=64, blank=True, default="")
     total_blocks = models.PositiveIntegerField(default=1)
     idle_since = models.DateTimeField(null=True, blank=True)
+    # Seconds it may stay idle before it is retired, set when it was grown for a run whose configuration
+    # gives ``idle_duration`` (dstack's per-instance termination idle time); None: the fleet's.
+    idle_duration = models.PositiveIntegerField(null=True, blank=True)
     busy_blocks = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

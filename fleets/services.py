@@ -9,10 +9,10 @@ from django.utils import timezone
 from backends.models import Backend
 from backends.selectors import named
 from backends.services import lock_backend_for_new
+from core.applying import ApplyResult, spec_changes
 from core.errors import Conflict, InvalidInput
 from core.events import record_event
 from core.kicks import kick
-from core.specs import ApplyResult, spec_changes
 from core.transitions import compare_and_swap
 from core.unique import insert_once
 from fleets.models import (
@@ -23,6 +23,7 @@ from fleets.models import (
     Instance,
     InstanceStatus,
 )
+from fleets.selectors import cluster_place
 from projects.models import Project
 
 TERMINATABLE_STATES = (InstanceStatus.PENDING, InstanceStatus.PROVISIONING, InstanceStatus.IDLE, InstanceStatus.BUSY)
@@ -54,8 +55,11 @@ def apply_fleet(*, project: Project, spec: dict, actor: str = "", dry_run: bool 
             result.resource = existing
             return result
         if result.action == "update":
+            regrow = _raises_target(existing, spec)
             existing.spec = spec
-            existing.save(update_fields=["spec", "updated_at"])
+            if regrow:  # back to growing towards the (new) target; see _raises_target
+                existing.status = FleetStatus.SUBMITTED
+            existing.save(update_fields=["spec", "status", "updated_at"])
             result.resource = existing
             record_event(project=project, resource_type="fleet", resource_name=existing.name, kind="spec_updated",
                          message="changed " + ", ".join(result.changes), actor=actor)
@@ -74,11 +78,28 @@ def _kick_fleets() -> None:
     kick("fleets.process_fleets")
 
 
+def nodes_target(spec: dict) -> int:
+    """How many instances a fleet provisions at first (``nodes.target``; ``min`` for a spec stored
+    before ``target`` existed)."""
+    nodes = spec["nodes"]
+    return nodes.get("target", nodes["min"])
+
+
+def _raises_target(fleet: Fleet, spec: dict) -> bool:
+    """A re-apply that changes ``nodes.target`` to more instances than the fleet has makes an active
+    fleet ``submitted`` again: it grows to the new target, then keeps ``min`` as before. A lower
+    target terminates nothing: surplus instances go only when idle past ``idle_duration``."""
+    if fleet.status != FleetStatus.ACTIVE or nodes_target(spec) == nodes_target(fleet.spec):
+        return False
+    return fleet.instances.filter(status__in=TERMINATABLE_STATES).count() < nodes_target(spec)
+
+
 def _plan_fleet(existing: Fleet | None, spec: dict) -> ApplyResult:
     plan = ApplyResult(type="fleet", name=spec["name"], action="create", spec=spec)
     if existing is None:
         return plan
     if existing.status in FLEET_FINISHED_STATES:
+        _refuse_while_placement_group(existing)
         plan.action = "replace"
         return plan
     if existing.status == FleetStatus.TERMINATING:
@@ -94,6 +115,7 @@ def delete_fleet(*, fleet: Fleet, actor: str = "") -> Fleet:
     """Terminate a live fleet (its instances first), or forget a finished one."""
     fleet = Fleet.objects.select_for_update().get(pk=fleet.pk)
     if fleet.status in FLEET_FINISHED_STATES:
+        _refuse_while_placement_group(fleet)
         record_event(project=fleet.project_id, resource_type="fleet", resource_name=fleet.name, kind="deleted",
                      actor=actor)
         fleet.delete()
@@ -107,6 +129,14 @@ def delete_fleet(*, fleet: Fleet, actor: str = "") -> Fleet:
     finish_fleet_if_empty(fleet_id=fleet.pk)
     fleet.refresh_from_db()
     return fleet
+
+
+def _refuse_while_placement_group(fleet: Fleet) -> None:
+    """A finished fleet's row is kept until its placement group is deleted (the fleet reconciler does
+    it once the instances are gone): the row is the only record of the group to delete."""
+    if fleet.placement_group:
+        raise Conflict(f"fleet '{fleet.name}' is terminated but its placement group {fleet.placement_group} is "
+                       f"still being deleted; try again shortly", code="fleet_terminating")
 
 
 def finish_fleet_if_empty(*, fleet_id: int) -> bool:
@@ -124,13 +154,17 @@ def finish_fleet_if_empty(*, fleet_id: int) -> bool:
 def create_instance(
     *, fleet: Fleet, backend: Backend, region: str, availability_zone: str = "", instance_type: str = "",
     resources: dict | None = None, price: float = 0, spot: bool = False, total_blocks: int = 1, actor: str = "",
-    max_instances: int | None = None,
+    max_instances: int | None = None, cluster_zone: str = "",
 ) -> Instance | None:
     """Record a new ``pending`` instance of ``fleet`` on ``backend``, named ``{fleet}-{n}``.
 
     Takes the backend's row lock first, so it cannot race a backend deletion or drain (409
     ``backend_draining``), then the fleet's, so concurrent growth never exceeds ``max_instances``
     live instances (None is returned then).
+
+    ``cluster_zone`` (``"region/zone"``, for ``placement: cluster`` fleets): the first instance records
+    it on the fleet; an instance for another zone than the one recorded is refused (409
+    ``cluster_zone_chosen``: two growers raced and the other one chose first).
     """
     backend = lock_backend_for_new(backend.pk)
     if backend.project_id != fleet.project_id:
@@ -138,6 +172,13 @@ def create_instance(
     fleet = Fleet.objects.select_for_update().get(pk=fleet.pk)
     if max_instances is not None and fleet.instances.filter(status__in=TERMINATABLE_STATES).count() >= max_instances:
         return None
+    pinned = cluster_place(fleet) if cluster_zone else None
+    if pinned is not None and (pinned[1] + "/" + pinned[2] != cluster_zone or pinned[0] != backend.pk):
+        raise Conflict(f"fleet '{fleet.name}' is in cluster zone {fleet.cluster_zone}", code="cluster_zone_chosen")
+    if cluster_zone and not fleet.cluster_zone:
+        Fleet.objects.filter(pk=fleet.pk).update(cluster_zone=cluster_zone)
+        record_event(project=fleet.project_id, resource_type="fleet", resource_name=fleet.name,
+                     kind="cluster_zone_chosen", message=f"every instance goes to {cluster_zone}", actor=actor)
     num = (fleet.instances.aggregate(n=Max("instance_num"))["n"] + 1) if fleet.instances.exists() else 0
     instance = Instance.objects.create(
         project_id=fleet.project_id, fleet=fleet, backend=backend, name=f"{fleet.name}-{num}", instance_num=num,

@@ -2,6 +2,8 @@
 
 from typing import Literal
 
+from pydantic import model_validator
+
 from core.configuration import (
     Env,
     Name,
@@ -9,10 +11,12 @@ from core.configuration import (
     RangeSchema,
     Resources,
     Retry,
+    check,
     parsed,
     unsupported,
     validate_configuration,
 )
+from core.resource_specs import parse_resources
 from core.specs import (
     MAX_NODES,
     SpecError,
@@ -20,7 +24,6 @@ from core.specs import (
     parse_count,
     parse_int,
     parse_range,
-    parse_resources,
     require_mapping,
     short_repr,
 )
@@ -28,6 +31,8 @@ from core.specs import (
 DEFAULT_IDLE_DURATION = 300
 MAX_BLOCKS = 1024  # blocks per instance (README "Limits"); nodes are at most MAX_NODES
 _BLOCKS_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_BLOCKS}, {"const": "auto"}]}
+SSH_FLEETS = ("SSH fleets (ssh_config) are not supported: Stackyard provisions instances through its backends "
+              "(sim, aws, local); give nodes and resources instead")
 PLACEMENTS = ("any", "cluster")  # cluster: every instance in one zone (a cluster placement group on AWS)
 
 
@@ -54,8 +59,15 @@ class FleetConfiguration(OfferFilters):
     blocks: parsed(lambda value, field: parse_blocks(value, field), _BLOCKS_SCHEMA) = 1
     retry: Retry | None = None
     env: Env = {}
-    ssh_config: unsupported("SSH fleets (ssh_config) are not supported: Stackyard provisions instances through "
-                            "its backends (sim, aws, local); give nodes and resources instead") = None
+    ssh_config: unsupported(SSH_FLEETS) = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_ssh(cls, data: object) -> object:
+        # First, so that an SSH fleet (which has no 'nodes') hears why, not that 'nodes' is missing.
+        if isinstance(data, dict) and data.get("ssh_config") is not None:
+            check(False, "ssh_config", SSH_FLEETS)
+        return data
 
     def to_spec(self) -> dict:
         idle = self.idle_duration if "idle_duration" in self.model_fields_set else DEFAULT_IDLE_DURATION

@@ -6,9 +6,10 @@ service per selected object (``run_for_each``), and everything else is read-only
 
 from django.contrib import admin
 
-from core.admin import ServiceForm, ServiceFormAdmin
-from projects.models import Membership, Project
+from core.admin import ReadOnlyAdmin, ServiceForm, ServiceFormAdmin, run_for_each
+from projects.models import ApiToken, Membership, Project
 from projects.services import add_member, create_project
+from projects.tokens import revoke_token
 
 
 class ProjectForm(ServiceForm):
@@ -51,3 +52,24 @@ class ProjectAdmin(ServiceFormAdmin):
         for membership in formset.save(commit=False):
             add_member(project=membership.project, user=membership.user, role=membership.role,
                        actor=request.user.username)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ReadOnlyAdmin):
+    """Tokens are listed and revoked here, never shown: only a digest is stored, and the admin does not
+    even show that. New tokens are made where they can be shown once (``manage.py createtoken``, the API)."""
+
+    list_display = ("user", "name", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at")
+    list_filter = ("revoked_at", "expires_at")
+    list_select_related = ("user",)
+    search_fields = ("user__username", "name", "prefix")
+    fields = ("user", "name", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at")
+    actions = ["revoke"]
+
+    @admin.action(description="Revoke the selected tokens", permissions=["operate"])
+    def revoke(self, request, queryset):
+        run_for_each(self, request, queryset, _revoke)
+
+
+def _revoke(token: ApiToken, actor: str) -> str:
+    return f"revoked at {revoke_token(token).revoked_at:%Y-%m-%d %H:%M:%S} UTC"

@@ -2,13 +2,13 @@
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
 from core.errors import Conflict, InvalidInput
 from core.events import record_event
 from core.specs import SpecError, parse_name
 from core.unique import insert_once
 from projects.models import Membership, Project, Role
+from projects.tokens import create_token
 
 User = get_user_model()
 
@@ -51,8 +51,11 @@ def add_member(*, project: Project, user, role: str = Role.USER, actor: str = ""
     return membership
 
 
-def create_user(*, username: str, staff: bool = False, token: str | None = None) -> tuple[object, str]:
-    """Create a user (or reuse an existing one) and return it with its API token key."""
+@transaction.atomic
+def create_user(*, username: str, staff: bool = False, with_token: bool = True) -> tuple[object, str | None]:
+    """Create a user (or reuse an existing one). Return it with the secret of its first API token when the
+    user is new and ``with_token`` (None otherwise: secrets are stored hashed, so an existing token cannot be
+    shown again)."""
     user, created = User.objects.get_or_create(username=username, defaults={"is_staff": staff})
     if created:
         user.set_unusable_password()
@@ -60,9 +63,6 @@ def create_user(*, username: str, staff: bool = False, token: str | None = None)
     if staff and not user.is_staff:
         user.is_staff = True
         user.save(update_fields=["is_staff"])
-    if token:
-        Token.objects.filter(user=user).exclude(key=token).delete()
-        key = Token.objects.get_or_create(user=user, defaults={"key": token})[0].key
-    else:
-        key = Token.objects.get_or_create(user=user)[0].key
-    return user, key
+    if not (created and with_token):
+        return user, None
+    return user, create_token(user=user, name="default")[1]

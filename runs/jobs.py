@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from core.events import record_event
 from core.kicks import kick
+from core.metrics import jobs_placed, runs_ended
 from core.models import Event
 from core.transitions import compare_and_swap
 from fleets.blocks import give_back_blocks, take_blocks
@@ -28,6 +29,7 @@ from runs.models import (
     RunStatus,
     RunTerminationReason,
 )
+from runs.schedules import rearm_if_scheduled
 from volumes.choice import job_mounts
 from volumes.models import AttachmentStatus, Volume, VolumeAttachment
 from volumes.services import request_detach, reserve_volumes, set_force_deadline
@@ -83,6 +85,7 @@ def assign_jobs(assignments: list[tuple[Job, Instance, int]],
             events.append(Event(project_id=job.project_id, resource_type="job", resource_name=job.name,
                                 kind=JobStatus.PROVISIONING, message=message))
         Event.objects.bulk_create(events)
+        jobs_placed([job for job, _, _ in assignments if job.pk in assigned], now)
     return assigned
 
 
@@ -152,11 +155,14 @@ FINAL_STATUS_BY_REASON = {
     JobTerminationReason.STOPPED_BY_SERVER: JobStatus.TERMINATED,
     JobTerminationReason.MAX_DURATION_EXCEEDED: JobStatus.TERMINATED,
     JobTerminationReason.SCALED_DOWN: JobStatus.TERMINATED,
+    JobTerminationReason.INACTIVITY_DURATION_EXCEEDED: JobStatus.TERMINATED,
+    JobTerminationReason.UTILIZATION_POLICY: JobStatus.TERMINATED,
     JobTerminationReason.DONE: JobStatus.DONE,
 }
 STOP_REASONS = (JobTerminationReason.ABORTED_BY_USER, JobTerminationReason.STOPPED_BY_USER,
                 JobTerminationReason.STOPPED_BY_SERVER, JobTerminationReason.MAX_DURATION_EXCEEDED,
-                JobTerminationReason.SCALED_DOWN)
+                JobTerminationReason.SCALED_DOWN, JobTerminationReason.INACTIVITY_DURATION_EXCEEDED,
+                JobTerminationReason.UTILIZATION_POLICY)
 
 
 def final_status(reason: str) -> str:
@@ -318,6 +324,9 @@ def start_run_termination(*, run: Run, reason: str, message: str = "", actor: st
         RunTerminationReason.STOPPED_BY_USER: JobTerminationReason.STOPPED_BY_USER,
         RunTerminationReason.ABORTED_BY_USER: JobTerminationReason.ABORTED_BY_USER,
         RunTerminationReason.MAX_DURATION_EXCEEDED: JobTerminationReason.MAX_DURATION_EXCEEDED,
+        RunTerminationReason.INACTIVITY_DURATION_EXCEEDED: JobTerminationReason.INACTIVITY_DURATION_EXCEEDED,
+        RunTerminationReason.UTILIZATION_POLICY: JobTerminationReason.UTILIZATION_POLICY,
+        RunTerminationReason.ALL_JOBS_DONE: JobTerminationReason.DONE,  # stop_criteria: master-done
     }.get(reason, JobTerminationReason.STOPPED_BY_SERVER)
     with transaction.atomic():
         moved = compare_and_swap(Run, pk=run.pk, allowed_from=[s for s in RunStatus if s not in RUN_FINISHED_STATES],
@@ -350,7 +359,9 @@ def refresh_run_statuses(run_ids, *, _rounds: int = 3) -> None:
     A few queries for many runs: moves to provisioning or running, and the ends of terminating runs,
     are applied per group with one guarded update; failures and completions go one by one. A run that
     moved meanwhile is derived again from fresh rows (``_rounds`` times at most)."""
-    runs = {run.pk: run for run in Run.objects.filter(pk__in=set(run_ids)).exclude(status__in=RUN_FINISHED_STATES)}
+    # A scheduled run waiting for its time is left alone: its jobs, all ended, are history.
+    runs = {run.pk: run for run in Run.objects.filter(pk__in=set(run_ids)).exclude(status__in=RUN_FINISHED_STATES)
+            .exclude(status=RunStatus.PENDING, next_triggered_at__isnull=False)}
     jobs_by_run: dict[int, dict[tuple[int, int], Job]] = {pk: {} for pk in runs}
     busy_runs = set()
     for job in Job.objects.filter(run_id__in=runs).order_by("run_id", "replica_num", "job_num", "submission_num"):
@@ -373,7 +384,8 @@ def refresh_run_statuses(run_ids, *, _rounds: int = 3) -> None:
         if target in (RunStatus.PROVISIONING, RunStatus.RUNNING):
             moves.setdefault((run.status, target, ()), []).append(run)
         elif run.status == RunStatus.TERMINATING:
-            if pk not in busy_runs:  # every job finished: the run ends (many at once after a mass stop)
+            # Every job finished: the run ends (many at once after a mass stop), or waits for its next time.
+            if pk not in busy_runs and not rearm_if_scheduled(run):
                 to, changes = _ending(run)
                 moves.setdefault((run.status, to, tuple(sorted(changes.items()))), []).append(run)
         else:
@@ -390,6 +402,8 @@ def _target_status(run: Run, latest: list[Job]) -> str | None:
     if run.status == RunStatus.TERMINATING:
         return RunStatus.TERMINATED  # settled by _settle_run once every job is finished
     statuses = {job.status for job in latest}
+    if _masters_done(run, latest):
+        return RunStatus.DONE  # settled by _settle_run: the run ends, its workers are stopped
     # The run is not terminating, so a job that ended without success failed on the server's side.
     if statuses & {JobStatus.FAILED, JobStatus.ABORTED, JobStatus.TERMINATED} or statuses == {JobStatus.DONE}:
         return RunStatus.DONE  # settled by _settle_run: done, failing, or retrying a replica
@@ -417,6 +431,8 @@ def _move_group(group: list[Run], source: str, target: str, **changes) -> set[in
             Event.objects.bulk_create(Event(project_id=r.project_id, resource_type="run", resource_name=r.name,
                                             kind=target, message=changes.get("termination_reason", ""))
                                       for r in group)
+            if source == RunStatus.TERMINATING and target in RUN_FINISHED_STATES:
+                runs_ended(group, target)
             return set()
     # Only from the status our target was derived from: a run that moved on was moved by someone who
     # read its jobs after us or before us. Which one is unknown, so it is derived again from fresh rows.
@@ -429,13 +445,21 @@ def _settle_run(run: Run, latest: list[Job]) -> None:
     Every job done: the run is ``done``. A failed replica is retried alone when the run's ``retry``
     covers its failure (``runs.retries``): its other nodes are stopped, then it is resubmitted, and
     the other replicas go on untouched. Otherwise the run fails fast: it goes ``terminating`` (with
-    ``retry_limit_exceeded`` when a retry limit was hit) and every job is stopped."""
+    ``retry_limit_exceeded`` when a retry limit was hit) and every job is stopped. A scheduled run
+    neither finishes done nor failed: it waits for its next time (``runs.schedules``)."""
+    if masters := _masters_done(run, latest):
+        # The one stop path (workloads, then volumes); the workers end ``done`` and the run ``done``.
+        why = f"master job {masters[0].name} finished (stop_criteria: master-done)"
+        if start_run_termination(run=run, reason=RunTerminationReason.ALL_JOBS_DONE, message=why):
+            Job.objects.filter(run_id=run.pk, status=JobStatus.TERMINATING, status_message="",
+                               termination_reason=JobTerminationReason.DONE).update(status_message=f"stopped: {why}")
+        return
     replicas: dict[int, list[Job]] = {}
     for job in latest:
         replicas.setdefault(job.replica_num, []).append(job)
     failing = {r: nodes for r, nodes in replicas.items() if any(n.status in retries.FAILED_STATES for n in nodes)}
     if not failing:
-        if all(job.status == JobStatus.DONE for job in latest):
+        if all(job.status == JobStatus.DONE for job in latest) and not rearm_if_scheduled(run):
             _move(run, RunStatus.DONE, termination_reason=RunTerminationReason.ALL_JOBS_DONE,
                   finished_at=timezone.now(), status_message="")
         return
@@ -466,6 +490,16 @@ def _settle_run(run: Run, latest: list[Job]) -> None:
         _move(run, RunStatus.PENDING, status_message=waiting)  # nothing runs until a retry is placed
 
 
+def _masters_done(run: Run, latest: list[Job]) -> list[Job]:
+    """With ``stop_criteria: master-done`` (dstack), a replica is done once its master (job_num 0)
+    finished with success, whatever its workers do: the masters that are, else []. (A task has one
+    replica; a service's replicas are single nodes, each its own master.)"""
+    if run.spec.get("stop_criteria") != "master-done":
+        return []
+    masters = [job for job in latest if job.job_num == 0]
+    return masters if masters and all(job.status == JobStatus.DONE for job in masters) else []
+
+
 def _move(run: Run, to: str, **changes) -> bool:
     if run.status == to:
         return False
@@ -473,6 +507,8 @@ def _move(run: Run, to: str, **changes) -> bool:
         moved = compare_and_swap(Run, pk=run.pk, allowed_from=(run.status,), to=to, **changes)
         if moved:
             record_run_event(run, to, changes.get("termination_reason", ""))
+            if run.status == RunStatus.TERMINATING and to in RUN_FINISHED_STATES:
+                runs_ended([run], to)
     if moved:
         run.status = to
     return moved
@@ -484,6 +520,9 @@ FINAL_MESSAGE_BY_USER = {
     RunTerminationReason.ABORTED_BY_USER: "aborted by the user",
     RunTerminationReason.MAX_DURATION_EXCEEDED: "max_duration exceeded",
 }
+# Stops by one of the run's own policies (``runs.utilization``): not failures either (``terminated``),
+# and the run keeps the message that names the numbers.
+POLICY_STOPS = (RunTerminationReason.INACTIVITY_DURATION_EXCEEDED, RunTerminationReason.UTILIZATION_POLICY)
 
 
 def _ending(run: Run) -> tuple[str, dict]:
@@ -493,13 +532,17 @@ def _ending(run: Run) -> tuple[str, dict]:
     by_user = FINAL_MESSAGE_BY_USER.get(run.termination_reason)
     changes = {"termination_reason": run.termination_reason,
                "status_message": by_user if by_user else run.status_message}
-    return (RunStatus.TERMINATED if by_user else RunStatus.FAILED), changes
+    if run.termination_reason == RunTerminationReason.ALL_JOBS_DONE:  # stop_criteria: master-done
+        return RunStatus.DONE, changes
+    return (RunStatus.TERMINATED if by_user or run.termination_reason in POLICY_STOPS else RunStatus.FAILED), changes
 
 
 def _finish_if_jobs_finished(run: Run) -> None:
     """A terminating run (``run`` as it is now) ends once all its jobs are finished."""
     if run.jobs.filter(status__in=JOB_ACTIVE_STATES).exists() or VolumeAttachment.objects.filter(
             job__run_id=run.pk).exclude(status=AttachmentStatus.DETACHED).exists():
+        return
+    if rearm_if_scheduled(run):
         return
     to, changes = _ending(run)
     _move(run, to, finished_at=timezone.now(), **changes)

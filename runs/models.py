@@ -82,7 +82,9 @@ class Run(models.Model):
     class Meta:
         ordering = ["project_id", "-submitted_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["project", "name"], name="run_unique_name_per_project")]
-        indexes = [models.Index(fields=["project", "status"], name="run_project_status_idx")]
+        indexes = [models.Index(fields=["project", "status"], name="run_project_status_idx"),
+                   # /metrics and the dashboard count unfinished runs (and services) without reading finished ones
+                   models.Index(fields=["status", "type"], name="run_status_type_idx")]
 
     def __str__(self) -> str:
         return self.name

@@ -24,6 +24,7 @@ from fleets.models import INSTANCE_ASSIGNABLE_STATES, Fleet, FleetStatus, Instan
 from fleets.provisioning import grow_fleet
 from fleets.resources import blocks_needed, mismatch
 from runs import retries
+from runs.groups import job_spec
 from runs.jobs import assign_jobs, finish_job, refresh_run_statuses
 from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
 from volumes.choice import VolumeChoice, network_mounts
@@ -118,6 +119,9 @@ def _place_batch(ids: list[int], owner: str) -> int:
     jobs = Job.objects.filter(pk__in=ids).select_related("run").order_by("run_id", "replica_num", "job_num")
     groups: dict[tuple[int, int], list[Job]] = {}
     for job in jobs:
+        # A replica group's resources and spot policy stand in for the service's (runs.groups). Each job
+        # has its own copy of its run (select_related), and placement never saves a run.
+        job.run.spec = job_spec(job)
         groups.setdefault((job.run_id, job.replica_num), []).append(job)
     current = Pass()
     try:
@@ -218,6 +222,9 @@ def _place_on_new_instance(job: Job, attempt: Attempt, current: Pass, choice: Vo
             attempt.add(f"fleet {fleet.name}", why)
             attempt.retry = attempt.retry or retry
             continue
+        if (idle_duration := job.run.spec.get("idle_duration")) is not None:
+            # Grown for this run: it goes once idle for the run's idle_duration, not the fleet's.
+            Instance.objects.filter(pk=instance.pk).update(idle_duration=idle_duration)
         current.forget()
         blocks, _ = blocks_needed(instance.resources, instance.total_blocks, job.run.spec["resources"])
         volumes = None if choice is None else choice.pick(instance.backend_id, instance.region,

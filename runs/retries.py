@@ -86,9 +86,12 @@ def verdict(run: Run, failed: Job, history: list[Job]) -> Verdict:
 
 
 def history_of(job: Job) -> list[Job]:
-    """Every submission of ``job``'s node of its replica, oldest first."""
-    return list(Job.objects.filter(run_id=job.run_id, replica_num=job.replica_num, job_num=job.job_num)
-                .order_by("submission_num"))
+    """Every submission of ``job``'s node of its replica, oldest first. A scheduled run starts over at each
+    trigger (``runs.schedules``): the submissions of an earlier trigger are not part of this one's history."""
+    jobs = Job.objects.filter(run_id=job.run_id, replica_num=job.replica_num, job_num=job.job_num)
+    if job.run.spec.get("schedule"):
+        jobs = jobs.filter(submitted_at__gte=job.run.submitted_at)
+    return list(jobs.order_by("submission_num"))
 
 
 def retry_clock_started(job: Job) -> datetime:
@@ -106,9 +109,10 @@ def resubmit_replica(run: Run, nodes: list[Job], decision: Verdict, why: str) ->
     not_before = timezone.now() + timedelta(seconds=decision.delay) if decision.delay > 0 else None
     message = (f"retry {decision.attempt} of replica {replica} after {why}"
                + (f"; placed after {decision.delay:g} s" if decision.delay else ""))
+    # The retry stays in the replica's group: same resources, same commands.
     rows = [Job(project_id=run.project_id, run_id=run.pk, name=node.name, replica_num=replica, job_num=node.job_num,
                 submission_num=node.submission_num + 1, spec_version=run.spec_version, status_message=message,
-                lease_until=not_before) for node in nodes]
+                lease_until=not_before, group=node.group) for node in nodes]
     with transaction.atomic():
         Run.objects.select_for_update().filter(pk=run.pk).first()  # one decision at a time per run
         if Job.objects.filter(run_id=run.pk, replica_num=replica,

@@ -1,18 +1,20 @@
 """Writes for runs and jobs: submit, stop/abort, delete, and the run's state transitions."""
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.db.models import Max
+from django.utils import timezone
 
+from core.applying import ApplyResult, spec_changes
 from core.errors import Conflict, InvalidInput
 from core.kicks import kick
-from core.specs import ApplyResult, spec_changes
 from core.unique import insert_once
 from fleets.models import Fleet
 from fleets.services import check_backend_references
 from projects.models import Project
+from runs.groups import changed_groups, desired_by_group, replica_layout, scaled_down_message, scaling_note
 from runs.jobs import record_run_event, request_jobs_stop, start_run_termination
 from runs.models import (
     RUN_FINISHED_STATES,
@@ -24,6 +26,7 @@ from runs.models import (
     RunTerminationReason,
     RunType,
 )
+from runs.schedules import end_schedule, next_trigger, waiting_message
 from volumes.models import AttachmentStatus, Volume, VolumeAttachment, VolumeStatus
 from volumes.services import request_detach
 
@@ -57,7 +60,8 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
     """Submit a task or service: one job per node per replica, all ``submitted``.
 
     A finished run with the same name is replaced (as ``dstack apply`` does). An active service that
-    is not terminating is updated in place (``_update_service``); any other active run is a 409.
+    is not terminating is updated in place (``_update_service``); any other active run is a 409. A run
+    with a ``schedule`` is created ``pending``, with no jobs, until its first time (``runs.schedules``).
     """
     spec = dict(spec)
     spec["name"] = spec.get("name") or f"{spec['type']}-{secrets.token_hex(3)}"
@@ -70,30 +74,48 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
                 return _update_service(run=existing, spec=spec, actor=actor, dry_run=dry_run)
             raise Conflict(f"run '{existing.name}' is {existing.status}; stop it before submitting it again",
                            code="run_active")
+        at = next_trigger(spec, timezone.now())  # a scheduled run waits, pending, for its first time
         result = ApplyResult(type=spec["type"], name=spec["name"], action="replace" if existing else "create",
-                             spec=spec)
+                             spec=spec, plan={"next_triggered_at": at.isoformat()} if at else None)
         if dry_run:
             return result
         if existing is not None:
             existing.delete()
         with insert_once(Run.objects.filter(project=project, name=spec["name"]), f"run '{spec['name']}'"):
             run = Run.objects.create(project=project, name=spec["name"], type=spec["type"], spec=spec, user=user,
-                                     status_message="waiting for placement")
-        Job.objects.bulk_create(
-            Job(project=project, run=run, name=job_name(run.name, node, replica), replica_num=replica, job_num=node)
-            for replica in range(int(spec.get("replicas") or 1))
-            for node in range(int(spec.get("nodes") or 1))
-        )
-        record_run_event(run, "submitted", actor=actor)
-        kick("runs.place_jobs")
+                                     status_message=waiting_message(at) if at else "waiting for placement",
+                                     status=RunStatus.PENDING if at else RunStatus.SUBMITTED, next_triggered_at=at)
+        if at is None:
+            create_run_jobs(run)
+        record_run_event(run, "submitted", f"next run at {at.isoformat()}" if at else "", actor=actor)
+        if note := scaling_note(spec):  # a range of replicas runs its minimum: said once, where users look
+            record_run_event(run, "scaling", note, actor=actor)
         result.resource = run
         return result
+
+
+def create_run_jobs(run: Run, *, submission_num: int = 0) -> None:
+    """The jobs of one submission of a run, all ``submitted``, and placement kicked. ``submit_run``
+    makes the first; each trigger of a schedule the next (``runs.schedules``, many runs at once)."""
+    Job.objects.bulk_create(run_jobs(run, submission_num=submission_num))
+    kick("runs.place_jobs")
+
+
+def run_jobs(run: Run, *, submission_num: int = 0) -> list[Job]:
+    """The (unsaved) jobs of one submission of a run: one per node per replica."""
+    return [
+        Job(project_id=run.project_id, run=run, name=job_name(run.name, node, replica), replica_num=replica,
+            job_num=node, submission_num=submission_num, group=group)
+        for replica, group in replica_layout(run.spec)  # numbered in a row, group after group
+        for node in range(int(run.spec.get("nodes") or 1))
+    ]
 
 
 # Fields that running jobs read from the run as they go (retry, timeouts), or that only count
 # replicas: re-applying a change of them updates the service in place. Any other change alters what
 # a job runs: a new spec version, rolled out one replica at a time (``runs.rollout``).
-IN_PLACE_FIELDS = frozenset({"type", "name", "replicas", "retry", "stop_duration", "max_duration"})
+IN_PLACE_FIELDS = frozenset({"type", "name", "replicas", "replicas_max", "scaling", "retry", "stop_duration",
+                             "max_duration"})
 LIVE_JOB_STATES = (JobStatus.SUBMITTED, JobStatus.PROVISIONING, JobStatus.RUNNING)
 
 
@@ -117,6 +139,11 @@ class Replica:
     def version(self) -> int:
         return min(job.spec_version for job in self.jobs)
 
+    @property
+    def group(self) -> str:
+        """The replica group it belongs to ('' in a service without groups)."""
+        return self.jobs[0].group
+
 
 def service_replicas(run: Run) -> list[Replica]:
     """The replicas a service counts, by number: each one whose latest jobs were not stopped as no longer
@@ -137,12 +164,12 @@ def next_replica_num(run: Run) -> int:
     return 0 if last is None else last + 1
 
 
-def start_replicas(*, run: Run, nums: list[int]) -> None:
-    """Submit new replicas ``nums`` of a service (the caller holds the run's row lock), at its current
-    spec version; placement takes them from there."""
+def start_replicas(*, run: Run, nums: list[int], group: str = "") -> None:
+    """Submit new replicas ``nums`` of a service in replica group ``group`` (the caller holds the run's
+    row lock), at its current spec version; placement takes them from there."""
     Job.objects.bulk_create(
         Job(project_id=run.project_id, run=run, name=job_name(run.name, node, num), replica_num=num, job_num=node,
-            spec_version=run.spec_version)
+            spec_version=run.spec_version, group=group)
         for num in nums for node in range(int(run.spec.get("nodes") or 1))
     )
     kick("runs.place_jobs")
@@ -158,7 +185,9 @@ def stop_replicas(*, replicas: list[Replica], message: str, actor: str = "") -> 
 
 
 def _updatable(run: Run, spec: dict) -> bool:
-    return run.type == RunType.SERVICE and spec["type"] == RunType.SERVICE and run.status != RunStatus.TERMINATING
+    """Scheduled runs are never updated in place: re-applying one is a 409 until it is stopped."""
+    return (run.type == RunType.SERVICE and spec["type"] == RunType.SERVICE and run.status != RunStatus.TERMINATING
+            and not run.spec.get("schedule") and not spec.get("schedule"))
 
 
 @dataclass
@@ -168,25 +197,38 @@ class _ServiceUpdate:
     replicas: list[Replica]
     rolled: list[str]  # changed fields that alter what a job runs
     version: int
-    start: list[int]
+    start: list[tuple[int, str]]  # (replica number, group)
     stop: list[Replica]
     replace: list[int]
+    keep: list[Replica] = field(default_factory=list)  # groups left as they were: current as they run
 
     def plan(self) -> dict:
-        return {"start": self.start, "stop": [r.num for r in self.stop], "replace": self.replace}
+        return {"start": [num for num, _ in self.start], "stop": [r.num for r in self.stop], "replace": self.replace}
 
 
 def _plan_update(run: Run, spec: dict, changes: dict) -> _ServiceUpdate:
-    """Start or stop only the difference in replicas (the highest live numbers stop first); with a
-    changed job spec, every live replica left is replaced (so is any of an update still under way)."""
-    replicas, desired = service_replicas(run), int(spec.get("replicas") or 1)
-    rolled = sorted(set(changes) - IN_PLACE_FIELDS)
+    """Start or stop only the difference in replicas, group by group (the highest live numbers stop first;
+    a group no longer in the spec stops whole). With a changed job spec, every live replica left is
+    replaced (so is any of an update still under way) - but when only some replica groups changed what
+    they run, only theirs are: the replicas of the other groups are kept, as the new version."""
+    replicas, desired = service_replicas(run), desired_by_group(spec)
+    rolled = set(changes) - IN_PLACE_FIELDS
+    if "groups" in rolled and not changed_groups(run.spec, spec):
+        rolled.discard("groups")  # only counts changed, or groups came or went
     version = run.spec_version + (1 if rolled else 0)
-    first = next_replica_num(run)
-    start = list(range(first, first + max(0, desired - len(replicas))))
-    stop = sorted((r for r in replicas if r.live), key=lambda r: -r.num)[:max(0, len(replicas) - desired)]
-    replace = [r.num for r in replicas if r.live and r not in stop and r.version < version]
-    return _ServiceUpdate(replicas, rolled, version, start, stop, replace)
+    start, stop, first = [], [], next_replica_num(run)
+    for group, wanted in desired.items():
+        mine = [r for r in replicas if r.group == group]
+        count = max(0, wanted - len(mine))
+        start += [(num, group) for num in range(first, first + count)]
+        first += count
+        stop += sorted((r for r in mine if r.live), key=lambda r: -r.num)[:max(0, len(mine) - wanted)]
+    stop += sorted((r for r in replicas if r.live and r.group not in desired), key=lambda r: -r.num)
+    rolling = changed_groups(run.spec, spec) if rolled == {"groups"} else None
+    keep = [r for r in replicas if rolling is not None and r.live and r not in stop and r.group not in rolling
+            and r.version == run.spec_version]
+    replace = [r.num for r in replicas if r.live and r not in stop and r not in keep and r.version < version]
+    return _ServiceUpdate(replicas, sorted(rolled), version, start, stop, replace, keep)
 
 
 def _update_service(*, run: Run, spec: dict, actor: str, dry_run: bool) -> ApplyResult:
@@ -206,10 +248,13 @@ def _update_service(*, run: Run, spec: dict, actor: str, dry_run: bool) -> Apply
     outdated = any(r.live and r.version < run.spec_version for r in update.replicas)
     run.spec, run.spec_version = spec, update.version
     run.save(update_fields=["spec", "spec_version", "updated_at"])
-    if update.start:
-        start_replicas(run=run, nums=update.start)
-    if update.stop:
-        stop_replicas(replicas=update.stop, message=f"scaled down to {run.desired_replicas} replicas", actor=actor)
+    if update.keep:
+        Job.objects.filter(pk__in=[job.pk for r in update.keep for job in r.jobs]).update(spec_version=update.version)
+    for group in dict.fromkeys(group for _, group in update.start):
+        start_replicas(run=run, nums=[num for num, g in update.start if g == group], group=group)
+    for group in dict.fromkeys(r.group for r in update.stop):
+        stop_replicas(replicas=[r for r in update.stop if r.group == group],
+                      message=scaled_down_message(run.spec, group), actor=actor)
     if update.replace:
         kick("runs.roll_out")
     _record_update(run, update, changes, outdated=outdated, actor=actor)
@@ -223,11 +268,24 @@ def _record_update(run: Run, update: _ServiceUpdate, changes: dict, *, outdated:
         record_run_event(run, "update_started", f"version {update.version}: {', '.join(update.rolled)} changed; "
                                                 f"replacing replicas {update.replace} one at a time", actor)
     if update.start or update.stop:
-        record_run_event(run, "scaled", f"from {len(update.replicas)} to {run.desired_replicas} replicas", actor)
+        record_run_event(run, "scaled", f"from {len(update.replicas)} to {run.desired_replicas} replicas"
+                                        + _group_counts(update, run.spec), actor)
     elif not update.rolled:
         record_run_event(run, "spec_updated", "changed " + ", ".join(changes), actor)
     if (outdated or update.rolled) and not update.replace:
         record_run_event(run, "update_done", f"every replica runs version {run.spec_version}", actor)
+
+
+def _group_counts(update: _ServiceUpdate, spec: dict) -> str:
+    """' (a: 2 -> 3, b: 1 -> 0)': the groups whose count changed, for the ``scaled`` event."""
+    if not spec.get("groups"):
+        return ""
+    before = {group: sum(r.group == group for r in update.replicas) for group in dict.fromkeys(
+        [*desired_by_group(spec), *(r.group for r in update.replicas)])}
+    after = desired_by_group(spec)
+    moved = [f"{group or 'no group'}: {count} -> {after.get(group, 0)}" for group, count in before.items()
+             if count != after.get(group, 0)]
+    return f" ({', '.join(moved)})" if moved else ""
 
 
 def stop_run(*, run: Run, abort: bool = False, actor: str = "") -> Run:
@@ -248,6 +306,7 @@ def stop_run(*, run: Run, abort: bool = False, actor: str = "") -> Run:
             _escalate_to_abort(run, actor)
     else:
         start_run_termination(run=run, reason=reason, actor=actor)
+    end_schedule(run)  # a scheduled run stopped by its user waits for no next time
     _kick_jobs()
     return run
 

@@ -4,98 +4,24 @@ import posixpath
 import re
 
 from core.specs import (
-    MAX_NODES,
     SpecError,
     check_keys,
     kind_of,
     parse_choice,
-    parse_count,
     parse_duration,
-    parse_env,
     parse_int,
     parse_name,
-    parse_placement,
-    parse_range,
-    parse_resources,
-    parse_retry,
     parse_str,
     parse_string_list,
-    pick_alias,
     require,
     require_mapping,
     short_repr,
     subfield,
 )
 
-RUN_TYPES = ("task", "service", "dev-environment")
 MAX_REPLICAS = 1000  # a service's replicas (README "Limits"); a task's nodes are at most MAX_NODES
 MAX_PORT = 65535
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
-COMMON_FIELDS = (
-    "type",
-    "name",
-    "commands",
-    "image",
-    "env",
-    "resources",
-    "volumes",
-    "retry",
-    "stop_duration",
-    "max_stop_duration",
-    "max_duration",
-    "fleets",
-    "backends",
-    "regions",
-    "availability_zones",
-    "instance_types",
-    "spot_policy",
-    "max_price",
-    "working_dir",
-    "schedule",
-    "utilization_policy",
-    "idle_duration",
-    "startup_order",
-    "stop_criteria",
-)
-TASK_FIELDS = (*COMMON_FIELDS, "nodes")
-DEV_ENVIRONMENT_FIELDS = (*COMMON_FIELDS, "ide", "version", "init", "inactivity_duration")
-SERVICE_FIELDS = (*COMMON_FIELDS, "port", "replicas", "probes")
-# dstack run fields Stackyard does not implement: refused by name rather than silently dropped.
-UNSUPPORTED_COMMON_FIELDS = (
-    "ports",
-    "user",
-    "privileged",
-    "entrypoint",
-    "home_dir",
-    "registry_auth",
-    "python",
-    "nvcc",
-    "docker",
-    "shell",
-    "single_branch",
-    "repos",
-    "files",
-    "setup",
-    "priority",
-    "reservation",
-    "creation_policy",
-    "tags",
-    "pool_name",
-    "instance_name",
-    "retry_policy",
-    "termination_policy",
-    "termination_idle_time",
-)
-UNSUPPORTED_SERVICE_FIELDS = (
-    *UNSUPPORTED_COMMON_FIELDS,
-    "gateway",
-    "strip_prefix",
-    "model",
-    "https",
-    "auth",
-    "scaling",
-    "rate_limits",
-)
 # dstack's HTTP readiness probes of a service replica (``runs.health`` counts their passes).
 MAX_PROBES = 10
 MAX_READY_AFTER = 1000
@@ -144,64 +70,7 @@ def parse_utilization_policy(value: object, field: str = "utilization_policy") -
     }
 
 
-def parse_run_spec(doc: dict) -> dict:
-    """Validate a task or service document and return its normalized spec, or raise SpecError naming the field.
-
-    Result: {"type", "name": str | None, "nodes": int (task; 1 for services), "replicas": int (service;
-    1 for tasks), "commands": [str], "image", "working_dir", "env", "resources",
-    "volumes": [{"name": [str], "path": str} (a network volume and its candidates) | {"instance_path": str,
-    "path": str, "optional": bool} (an instance volume)], "retry": dict | None, "stop_duration" and
-    "max_duration": seconds | None (off), "fleets", "backends", "regions", "availability_zones",
-    "instance_types": lists | None, "spot_policy", "max_price", "port": int | None (service only),
-    "probes": [{"type": "http", "url", "method", "headers": [{"name", "value"}], "body": str | None,
-    "timeout" and "interval": seconds, "ready_after": int}] (service only; [] for tasks and by default)}.
-    A mount is a network one exactly when it has "name"; a task on several nodes mounts none.
-    """
-    doc = require_mapping(doc, "")
-    kind = doc.get("type")
-    if kind not in RUN_TYPES:
-        raise SpecError("type", f"expected one of {', '.join(RUN_TYPES)}, got {kind!r}")
-    if kind == "task":
-        if doc.get("probes") is not None:
-            raise SpecError("probes", "probes are for services only (type: service), as in dstack")
-        check_keys(doc, "", TASK_FIELDS, UNSUPPORTED_COMMON_FIELDS)
-    elif kind == "dev-environment":
-        check_keys(doc, "", DEV_ENVIRONMENT_FIELDS, UNSUPPORTED_COMMON_FIELDS)
-    else:
-        check_keys(doc, "", SERVICE_FIELDS, UNSUPPORTED_SERVICE_FIELDS)
-    stop_key = pick_alias(doc, "stop_duration", "max_stop_duration")
-    spec = {
-        "type": kind,
-        "name": None if doc.get("name") is None else parse_name(doc["name"], "name"),
-        "nodes": 1 if doc.get("nodes") is None else parse_int(doc["nodes"], "nodes", minimum=1, maximum=MAX_NODES),
-        "replicas": parse_replicas(doc.get("replicas")) if kind == "service" else 1,
-        "commands": (parse_string_list(doc.get("init") or [], "init") if kind == "dev-environment"
-                     else parse_commands(require(doc, "commands"))),
-        "image": None if doc.get("image") is None else parse_str(doc["image"], "image"),
-        "working_dir": None if doc.get("working_dir") is None else parse_str(doc["working_dir"], "working_dir"),
-        "env": parse_env(doc.get("env")),
-        "resources": parse_resources(doc.get("resources")),
-        "volumes": parse_mounts(doc.get("volumes")),
-        "retry": parse_retry(doc.get("retry")),
-        "stop_duration": _off_duration(doc.get(stop_key), stop_key),
-        "max_duration": _off_duration(doc.get("max_duration"), "max_duration"),
-        "fleets": _names(doc.get("fleets"), "fleets"),
-        **parse_placement(doc),
-        "port": parse_port(require(doc, "port")) if kind == "service" else None,
-        "probes": parse_probes(doc.get("probes")) if kind == "service" else [],
-        "schedule": parse_schedule(doc.get("schedule")),
-        "utilization_policy": parse_utilization_policy(doc.get("utilization_policy")),
-        "idle_duration": _off_duration(doc.get("idle_duration"), "idle_duration"),
-        "startup_order": parse_choice(doc.get("startup_order") or "any", "startup_order", STARTUP_ORDERS),
-        "stop_criteria": parse_choice(doc.get("stop_criteria") or "all-done", "stop_criteria", STOP_CRITERIA),
-        "inactivity_duration": (_off_duration(doc.get("inactivity_duration"), "inactivity_duration")
-                                if kind == "dev-environment" else None),
-    }
-    _check_network_mounts(spec["nodes"], spec["volumes"])
-    return spec
-
-
-def _check_network_mounts(nodes: int, mounts: list[dict]) -> None:
+def check_network_mounts(nodes: int, mounts: list[dict]) -> None:
     """A network volume attaches to one instance at a time, so the nodes of a task cannot share one."""
     network = [i for i, mount in enumerate(mounts) if "name" in mount]
     if nodes > 1 and network:
@@ -227,22 +96,6 @@ def parse_commands(value: object, field: str = "commands") -> list[str]:
     if not commands:
         raise SpecError(field, "must list at least one command")
     return commands
-
-
-def parse_replicas(value: object, field: str = "replicas") -> int:
-    """A fixed number of replicas from 1 to MAX_REPLICAS (default 1). A true range means autoscaling, which is
-    not supported yet."""
-    if value is None:
-        return 1
-    if isinstance(value, list):
-        raise SpecError(field, "replica groups are not supported yet")
-    if isinstance(value, (str, dict)):
-        replicas = parse_range(value, field, parse_count, maximum=MAX_REPLICAS)
-        if replicas["min"] != replicas["max"]:
-            raise SpecError(field, "autoscaling is not supported yet: give a fixed number of replicas, "
-                                   f"not {short_repr(value)}")
-        value = replicas["min"]
-    return parse_int(value, field, minimum=1, maximum=MAX_REPLICAS)
 
 
 def parse_port(value: object, field: str = "port") -> int:

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from runs import placement, rollout, supervisor, workloads
+from runs import placement, rollout, schedules, supervisor, workloads
 
 
 @shared_task(name="runs.place_jobs", acks_late=True, time_limit=120, soft_time_limit=100)
@@ -23,3 +23,8 @@ def retry_failed_replicas() -> int:
 @shared_task(name="runs.roll_out", acks_late=True, time_limit=120, soft_time_limit=100)
 def roll_out() -> int:
     return rollout.roll_out()
+
+
+@shared_task(name="runs.trigger_scheduled_runs", acks_late=True, time_limit=120, soft_time_limit=100)
+def trigger_scheduled_runs() -> int:
+    return schedules.trigger_scheduled_runs()

@@ -14,6 +14,7 @@ from backends.drivers.registry import pass_drivers
 from core.kicks import kick
 from core.pipeline import Reconciler, Step, group_by
 from fleets.models import INSTANCE_UP_STATES, InstanceStatus
+from runs.groups import job_spec
 from runs.health import record_probes
 from runs.jobs import (
     end_job,
@@ -25,7 +26,8 @@ from runs.jobs import (
     return_job_to_queue,
     stopped_finish,
 )
-from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus
+from runs.models import Job, JobStatus, JobTerminationReason, Run, RunStatus, RunType
+from runs.utilization import record_activity
 from volumes.models import AttachmentStatus, VolumeAttachment
 from volumes.services import request_detach
 
@@ -39,6 +41,9 @@ FAILURE_REASONS = {
 }
 # A job waiting for its volumes to detach is looked at again this often (and at once when one does).
 DETACH_WAIT_SECONDS = 2
+# A node held back by its run's ``startup_order`` is looked at again this often (and at once when the
+# node it waits for starts in this worker's pass: ``Starter.after_batch``).
+ORDER_WAIT_SECONDS = 2
 
 
 class _JobLoop(Reconciler):
@@ -75,7 +80,12 @@ class VolumeLost(Exception):
 
 class Starter(_JobLoop):
     """Jobs placed on an instance that is up, with every volume attached, get their workload
-    started; a job whose volume could not be attached fails (``volume_error``)."""
+    started; a job whose volume could not be attached fails (``volume_error``). The nodes of a
+    multi-node task start in its ``startup_order`` (``_startup_waits``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.awaited: set[tuple[int, int, int]] = set()  # (run, replica, submission) whose nodes may wait
 
     def due(self) -> Q:
         attaching = VolumeAttachment.objects.filter(job=OuterRef("pk"), status=AttachmentStatus.ATTACHING)
@@ -85,7 +95,11 @@ class Starter(_JobLoop):
         attachments = group_by(VolumeAttachment.objects.filter(job__in=rows).select_related("volume")
                                .order_by("pk"), lambda a: a.job_id)
         results, ready = {}, []
+        for pk, message in _startup_waits(rows).items():
+            results[pk] = AwaitingNodes(message)
         for job in rows:
+            if job.pk in results:
+                continue
             mine = [a for a in attachments.get(job.pk, []) if a.instance_id == job.instance_id]
             lost = [a for a in mine if a.status != AttachmentStatus.ATTACHED]
             if lost:
@@ -99,9 +113,10 @@ class Starter(_JobLoop):
 
         def start(driver, group):
             launches = [JobLaunch(job_name=job.name, instance_id=job.instance.provider_instance_id,
-                                  commands=job.run.spec.get("commands", []), env=_env(job),
+                                  commands=_commands(job), env=_env(job),
                                   client_token=f"stackyard-job-{job.pk}", mounts=mounts[job.pk],
-                                  probes=job.run.spec.get("probes") or []) for job in group]
+                                  probes=job.run.spec.get("probes") or [], image=job_spec(job).get("image"),
+                                  workload=job_spec(job).get("workload") or {}) for job in group]
             return dict(zip((job.pk for job in group), driver.start_jobs(jobs=launches), strict=True))
 
         results.update(self.drivers.ask([job for job, _ in ready], _backend, start))
@@ -111,7 +126,11 @@ class Starter(_JobLoop):
         steps, started = {}, []
         for job in rows:
             result = results.get(job.pk)
-            if isinstance(result, TransientError) or result is None:
+            if isinstance(result, AwaitingNodes):  # no driver call: shown on the job, looked at again soon
+                Job.objects.filter(pk=job.pk, status=JobStatus.PROVISIONING).exclude(
+                    status_message=result.message).update(status_message=result.message)
+                steps[job.pk] = Step(after=ORDER_WAIT_SECONDS)
+            elif isinstance(result, TransientError) or result is None:
                 steps[job.pk] = Step(failed=f"provider error, retrying: {result}")
             elif isinstance(result, VolumeLost):
                 moved = end_job(job=job, to=JobStatus.FAILED, reason=JobTerminationReason.VOLUME_ERROR,
@@ -128,7 +147,61 @@ class Starter(_JobLoop):
             if job.pk not in moved:  # stopped while it was starting: record the workload so the stop reaches it
                 Job.objects.filter(pk=job.pk, workload_id="").update(workload_id=workload_id)
             steps[job.pk] = self.changed(job, job.pk in moved, after=POLL_SECONDS)
+            if job.pk in moved and _ordered(job.run):
+                self.awaited.add((job.run_id, job.replica_num, job.submission_num))
         return steps
+
+    def after_batch(self) -> None:
+        """Nodes held back for the nodes that just started are due again at once (once this batch has
+        given its rows back), so this very pass starts them: an order costs no extra tick."""
+        awaited, self.awaited = self.awaited, set()
+        if awaited:
+            replicas = Q(pk__in=[])
+            for run_id, replica, submission in awaited:
+                replicas |= Q(run_id=run_id, replica_num=replica, submission_num=submission)
+            # A row another worker holds is left alone: it is due again ORDER_WAIT_SECONDS after it.
+            Job.objects.filter(replicas, status=JobStatus.PROVISIONING, lease_owner="").update(
+                lease_until=None, last_processed_at=None)
+        super().after_batch()
+
+
+class AwaitingNodes:
+    """A node that must not start yet (its run's ``startup_order``), and what it waits for."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _ordered(run: Run) -> bool:
+    return run.spec.get("nodes", 1) > 1 and run.spec.get("startup_order", "any") != "any"
+
+
+def _startup_waits(jobs: list[Job]) -> dict[int, str]:
+    """The jobs among ``jobs`` that must not start yet, each with what it waits for.
+
+    dstack's ``startup_order`` for a multi-node task, whose job_num 0 is the master: ``master-first``
+    starts a worker only once the master's workload has started, ``workers-first`` starts the master
+    only once every worker's has, ``any`` starts each node as soon as it is placed. Nodes count within
+    one submission of a replica (a retry starts in order again). A node that started and already ended
+    no longer holds the others back; one that fails ends the replica, which stops the waiting nodes."""
+    ordered = [job for job in jobs if _ordered(job.run)]
+    if not ordered:
+        return {}
+    started: dict[tuple[int, int, int], set[int]] = {}
+    for run_id, replica, submission, job_num in Job.objects.filter(
+            run_id__in={job.run_id for job in ordered}, started_at__isnull=False).values_list(
+            "run_id", "replica_num", "submission_num", "job_num"):
+        started.setdefault((run_id, replica, submission), set()).add(job_num)
+    waits = {}
+    for job in ordered:
+        up = started.get((job.run_id, job.replica_num, job.submission_num), set())
+        order, workers = job.run.spec["startup_order"], job.run.spec["nodes"] - 1
+        if order == "master-first" and job.job_num != 0 and 0 not in up:
+            waits[job.pk] = "waiting for the master to start (startup_order: master-first)"
+        elif order == "workers-first" and job.job_num == 0 and len(up - {0}) < workers:
+            waits[job.pk] = (f"waiting for the workers to start ({len(up - {0})}/{workers} started; "
+                             "startup_order: workers-first)")
+    return waits
 
 
 def _mounts(job: Job, attachments: list[VolumeAttachment]) -> list[dict]:
@@ -147,6 +220,13 @@ def _mounts(job: Job, attachments: list[VolumeAttachment]) -> list[dict]:
 
 def _backend(job: Job):
     return job.instance.backend
+
+
+def _commands(job: Job) -> list[str]:
+    """What the workload runs. A dev environment runs its ``init`` and then stays up until it is stopped
+    (or idle past ``inactivity_duration``): it never ends on its own, as in dstack."""
+    commands = list(job_spec(job).get("commands") or [])
+    return commands + ["sleep infinity"] if job.run.type == RunType.DEV_ENVIRONMENT else commands
 
 
 def _env(job: Job) -> dict:
@@ -224,7 +304,8 @@ def _waiting_for(attachment: VolumeAttachment, force: bool) -> str:
 
 
 class Poller(_JobLoop):
-    """Running jobs are polled, many per driver call, every ``POLL_SECONDS`` at most."""
+    """Running jobs are polled, many per driver call, every ``POLL_SECONDS`` at most; what they report
+    of their GPUs and attached sessions goes to ``runs.utilization``."""
 
     def due(self) -> Q:
         return Q(status=JobStatus.RUNNING) & ~Q(workload_id="")
@@ -242,6 +323,8 @@ class Poller(_JobLoop):
             # gone is settled by the instance loop, which hears it from the provider.
             return Step(after=POLL_SECONDS, failed=f"could not poll the workload, retrying: {state}")
         if state.status == "running":
+            if record_activity(job, state):  # GPU utilization and inactivity; True: a policy stopped the run
+                return self.changed(job, True)
             if job.run.status not in (RunStatus.RUNNING, RunStatus.TERMINATING):
                 self.touched_runs.add(job.run_id)  # level-triggered: a run status that lags is derived again
             if record_probes(job, state.probes_passing):

@@ -58,10 +58,19 @@ def api(user):
 
 
 def client_for(user) -> APIClient:
-    from rest_framework.authtoken.models import Token
+    """An API client with a new token of ``user`` (tokens are stored hashed: each client makes its own).
 
+    The token counts as just used: its first request would otherwise also write ``last_used_at`` (once a
+    minute), and query-count tests compare a client's first request with a later one.
+    """
+    from django.utils import timezone
+
+    from projects.tokens import create_token
+
+    token, key = create_token(user=user, name="test")
+    type(token).objects.filter(pk=token.pk).update(last_used_at=timezone.now())
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     return client
 
 
@@ -76,14 +85,15 @@ def reconcile_pass() -> int:
     from fleets.provisioning import reconcile_fleets
     from runs.placement import place_jobs
     from runs.rollout import roll_out
+    from runs.schedules import trigger_scheduled_runs
     from runs.supervisor import retry_failed_replicas
     from runs.workloads import process_jobs
     from volumes.attachments import attach_volumes, detach_volumes, enforce_stop_durations
     from volumes.provisioning import process_volumes
 
-    return sum(step() for step in (reconcile_fleets, process_instances, roll_out, place_jobs, attach_volumes,
-                                   process_jobs, detach_volumes, enforce_stop_durations, retry_failed_replicas,
-                                   process_terminating_instances, process_volumes))
+    return sum(step() for step in (reconcile_fleets, process_instances, trigger_scheduled_runs, roll_out, place_jobs,
+                                   attach_volumes, process_jobs, detach_volumes, enforce_stop_durations,
+                                   retry_failed_replicas, process_terminating_instances, process_volumes))
 
 
 @pytest.fixture

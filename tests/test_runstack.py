@@ -49,13 +49,18 @@ def _free_port() -> int:
 class Stack:
     """A running ``runstack`` and a tiny HTTP client for it."""
 
-    def __init__(self, tmp_path: Path, *args: str, **extra_env: str):
+    def __init__(self, tmp_path: Path, *args: str, admin_token: bool = True, **extra_env: str):
+        """With ``admin_token``, STACKYARD_ADMIN_TOKEN is set (200 characters: any length from 32 works);
+        without it, bootstrap makes a token when admin has none and the banner shows it (``banner_token``)."""
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.token = secrets.token_hex(20)
+        self.token = secrets.token_urlsafe(150)[:200] if admin_token else None
         self.log_path = tmp_path / "runstack.log"
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-        env.update(STACKYARD_DATA_DIR=str(tmp_path / "data"), STACKYARD_ADMIN_TOKEN=self.token, **extra_env)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "STACKYARD_ADMIN_TOKEN")}
+        env.update(STACKYARD_DATA_DIR=str(tmp_path / "data"), **extra_env)
+        if admin_token:
+            env["STACKYARD_ADMIN_TOKEN"] = self.token
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "manage.py", "runstack", "--host", "127.0.0.1", "--port", str(self.port), *args],
@@ -63,6 +68,12 @@ class Stack:
                 start_new_session=True,
             )
         self.pgid = self.process.pid
+
+    def banner_token(self) -> str | None:
+        """The token the banner shows (only one made by this start is ever shown), or None."""
+        self.wait_until("the banner", lambda: "Stackyard is running" in self.output(), timeout=60)
+        found = re.search(r"^  token:    (\S+)   \(new", self.output(), re.MULTILINE)
+        return found.group(1) if found else None
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -169,6 +180,7 @@ def test_runstack_serves_runs_background_jobs_and_stops_cleanly(tmp_path):
         stack.wait_until("every reconciler to finish a pass",
                          lambda: stack.request("GET", "/healthz")[1]["workers"] == "ok", timeout=30)
         assert "(gunicorn, " in stack.output()
+        assert stack.token not in stack.output(), "a token given in the environment is never printed"
 
         stack.stop()
     finally:
@@ -176,11 +188,25 @@ def test_runstack_serves_runs_background_jobs_and_stops_cleanly(tmp_path):
 
 
 def test_runstack_dev_serves_with_runserver(tmp_path):
-    stack = Stack(tmp_path, "--dev")
+    # No STACKYARD_ADMIN_TOKEN: the first start makes admin a token and shows it, once.
+    stack = Stack(tmp_path, "--dev", admin_token=False)
     try:
+        stack.token = stack.banner_token()
+        assert stack.token and len(stack.token) >= 43, stack.output()
         stack.wait_until("/healthz to answer 200", lambda: stack.request("GET", "/healthz")[0] == 200, timeout=60)
         assert stack.fetch("GET", "/healthz")[1]["Server"].startswith("WSGIServer/"), "--dev runs runserver"
         stack.assert_static_files_served()
+        assert stack.request("GET", "/api/v1/projects/")[0] == 200
+        stack.stop()
+    finally:
+        stack.kill()
+    token = stack.token
+    # A restart shows no token (only its hash is stored) but says how to make one; the first still works.
+    stack = Stack(tmp_path, "--dev", admin_token=False)
+    try:
+        assert stack.banner_token() is None and "manage.py createtoken admin" in stack.output()
+        assert token not in stack.output()
+        stack.token = token
         assert stack.request("GET", "/api/v1/projects/")[0] == 200
         stack.stop()
     finally:

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from configurations.loading import load_document, parse_configuration
-from core.specs import SpecError, parse_duration, parse_env, parse_range, parse_resources, parse_size
+from core.resource_specs import parse_resources
+from core.specs import SpecError, parse_duration, parse_env, parse_range, parse_size
 
 # The spec's examples, copied into the repository so the test never depends on a path outside it
 # (an empty glob would make the parametrized test silently run nothing: see the check below).
@@ -64,6 +65,13 @@ ACCEPTED = [
     (FLEET + "spot_policy: auto\nmax_price: 2", "max_price", 2.0),
     (FLEET + "env: [A=1, B=x=y]", "env", {"A": "1", "B": "x=y"}),
     (SERVICE + "replicas: 2", "replicas", 2),
+    (TASK + "python: 3.10", "workload.python", "3.10"),
+    (TASK + "ports: [8080, '80:8000', '*:9000']", "workload.ports", [
+        {"local_port": 8080, "container_port": 8080}, {"local_port": 80, "container_port": 8000},
+        {"local_port": None, "container_port": 9000}]),
+    (SERVICE + "model: meta-llama/Llama-3.1-8B", "workload.model.name", "meta-llama/Llama-3.1-8B"),
+    ("type: task\nimage: ubuntu", "commands", []),
+    ("type: dev-environment\nide: vscode\ninit: [pip install x]", "commands", ["pip install x"]),
     (SERVICE, "replicas", 1),
     (TASK, "replicas", 1),
     (TASK + "nodes: 3", "nodes", 3),
@@ -141,17 +149,23 @@ REJECTED = [
     ("type: fleet\nname: Bad_Name\nnodes: 1", "name", "invalid"),
     ("type: fleet\nname: 1abc\nnodes: 1", "name", "invalid"),
     (SERVICE + "replicas: -2", "replicas", "least"),
-    (SERVICE + "replicas: 1..4", "replicas", "autoscaling"),
-    (SERVICE + "model: llama", "model", "not supported"),
+    (SERVICE + "replicas: 1..4", "replicas", "needs 'scaling'"),  # a range with scaling is accepted (runs its min)
+    (SERVICE + "model: {name: llama, format: grpc}", "model.format", "one of"),
     ("type: service\ncommands: [x]", "port", "required"),
     (SERVICE.replace("8000", "70000"), "port", "most"),
     (TASK + "nodes: yes", "nodes", "boolean"),
     (TASK + "nodes: 0", "nodes", "least"),
     (TASK + "replicas: 2", "replicas", "unknown"),
-    (TASK + "python: '3.11'", "python", "not supported"),
+    (TASK + "python: '2.7'", "python", "one of"),
+    (TASK + "ports: ['80:x']", "ports[0]", "port mapping"),
+    (TASK + "registry_auth: {username: u}", "registry_auth.password", "required"),
+    (TASK + "privileged: 'yes'", "privileged", "boolean"),
+    ("type: dev-environment\nide: emacs", "ide", "one of"),
+    ("type: dev-environment\nentrypoint: /bin/sh", "entrypoint", "not supported"),
+    (TASK + "groups: [{nodes: 2}]", "groups", "not supported"),
     ("type: task\ncommands: 5", "commands", "list"),
-    ("type: task\ncommands: []", "commands", "least"),
-    ("type: task\nname: t1", "commands", "required"),
+    ("type: task\ncommands: []", "commands", "either 'commands' or 'image'"),
+    ("type: task\nname: t1", "commands", "either 'commands' or 'image'"),
     (TASK + "retry: {duration: forever}", "retry.duration", "duration"),
     (TASK + "retry: {max_duration: 'off'}", "retry.max_duration", "off"),
     (TASK + "retry: {on_events: [oom]}", "retry.on_events[0]", "one of"),

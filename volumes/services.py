@@ -12,10 +12,10 @@ from backends.drivers.registry import get_driver
 from backends.models import Backend
 from backends.selectors import named
 from backends.services import lock_backend, refuse_if_draining
+from core.applying import ApplyResult, spec_changes
 from core.errors import Conflict, InvalidInput
 from core.events import record_event
 from core.kicks import kick
-from core.specs import ApplyResult, spec_changes
 from core.transitions import compare_and_swap
 from core.unique import insert_once
 from projects.models import Project

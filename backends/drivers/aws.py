@@ -19,6 +19,10 @@ config from ``aws_config``; each module's docstring states its guarantees. Beyon
   Stackyard (a spot reclaim, a host failure, an operator). An id EC2 does not list is
   ``NotFoundError``: right after a launch EC2 may not list it yet (eventual consistency), and the
   poller retries those.
+* ``placement: cluster`` fleets get an EC2 placement group with ``Strategy=cluster`` (tagged as ours;
+  an existing group of that name is fine), their instances are launched with
+  ``Placement={"GroupName", "AvailabilityZone"}``, and the group is deleted once the fleet is gone
+  (``InvalidPlacementGroup.InUse`` while instances are still shutting down is a ``TransientError``).
 * Workloads run through AWS Systems Manager Run Command: the ``AwsJobs`` mixin (``aws_jobs``), whose
   docstring states what a start, poll, stop and log read do. Instances get the config's
   ``instance_profile`` (``IamInstanceProfile``), which SSM needs to reach their agent.
@@ -26,8 +30,10 @@ config from ``aws_config``; each module's docstring states its guarantees. Beyon
 
 from __future__ import annotations
 
+from botocore.exceptions import ClientError
+
 from backends.drivers import aws_calls, aws_config, aws_offers
-from backends.drivers.aws_calls import TtlCache, aws_call, aws_errors
+from backends.drivers.aws_calls import TtlCache, aws_call, aws_errors, error_code
 from backends.drivers.aws_jobs import AwsJobs
 from backends.drivers.aws_offers import AwsOffers, _pages
 from backends.drivers.aws_volumes import TAG_CLIENT_TOKEN, AwsVolumes, aws_tags
@@ -42,6 +48,7 @@ from backends.drivers.base import (
     NotFoundError,
     Offer,
     TaggedResource,
+    TransientError,
 )
 from core.errors import InvalidInput
 
@@ -158,18 +165,18 @@ class AwsDriver(AwsJobs, AwsVolumes, AwsOffers, Driver):
 
     @aws_call
     def create_instance(self, *, name: str, offer: Offer, tags: dict[str, str] | None = None,
-                        client_token: str = "") -> str:
+                        client_token: str = "", placement_group: str = "") -> str:
         region = self.own_region(offer.region)
         if client_token and (found := self.by_token("instance", client_token, [region])):
             return found["InstanceId"]
         all_tags = {**(tags or {}), "Name": name, **({TAG_CLIENT_TOKEN: client_token} if client_token else {})}
-        answer = self.client(region).run_instances(**self._launch(offer, all_tags, client_token))
+        answer = self.client(region).run_instances(**self._launch(offer, all_tags, client_token, placement_group))
         instance_id = answer["Instances"][0]["InstanceId"]
         self.remember_region(instance_id, region)
         return instance_id
 
-    def _launch(self, offer: Offer, tags: dict[str, str], client_token: str) -> dict:
-        """The ``run_instances`` parameters of one instance of ``offer``."""
+    def _launch(self, offer: Offer, tags: dict[str, str], client_token: str, placement_group: str = "") -> dict:
+        """The ``run_instances`` parameters of one instance of ``offer`` (in ``placement_group`` if given)."""
         image_id, root_device = self._image(offer.region)
         params = {
             "ImageId": image_id, "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
@@ -194,7 +201,34 @@ class AwsDriver(AwsJobs, AwsVolumes, AwsOffers, Driver):
                                             "DeleteOnTermination": True}]
         else:
             raise FatalError(f"no subnet of this backend in {offer.availability_zone}")
+        if placement_group:
+            params["Placement"] = {"GroupName": placement_group, "AvailabilityZone": offer.availability_zone}
         return params
+
+    # --- placement groups -----------------------------------------------------------------------
+
+    @aws_call
+    def create_placement_group(self, *, region: str, name: str) -> str:
+        ec2 = self.client(self.own_region(region))
+        try:
+            ec2.create_placement_group(GroupName=name, Strategy="cluster", TagSpecifications=[
+                {"ResourceType": "placement-group", "Tags": aws_tags({TAG_MANAGED: "true"})}])
+        except ClientError as err:
+            if error_code(err) != "InvalidPlacementGroup.Duplicate":
+                raise
+        return name
+
+    @aws_call
+    def delete_placement_group(self, *, region: str, name: str) -> None:
+        try:
+            self.client(self.own_region(region)).delete_placement_group(GroupName=name)
+        except ClientError as err:
+            code = error_code(err)
+            if code == "InvalidPlacementGroup.InUse":
+                raise TransientError(f"placement group {name} is still in use (its instances are shutting "
+                                     f"down); retrying") from err
+            if code != "InvalidPlacementGroup.Unknown":
+                raise
 
     def _image(self, region: str) -> tuple[str, str]:
         """``(ami_id, root_device_name)``: the configured AMI, else the newest Amazon Linux 2023 one."""

@@ -108,6 +108,9 @@ class JobState:
 
     ``failure`` (a ``JobFailure``) says why a ``failed`` workload failed. ``probes_passing`` is the
     outcome of the workload's readiness probes at this poll: True or False, None when it has none.
+    ``gpu_utilization`` is the mean utilization (%) of the job's GPUs, and ``inactive_seconds`` how long
+    nobody has been attached to it (SSH or IDE session); each is None where the driver cannot tell, which
+    never counts as idle (``runs.utilization``).
     """
 
     status: str
@@ -115,6 +118,8 @@ class JobState:
     message: str = ""
     failure: str = ""
     probes_passing: bool | None = None
+    gpu_utilization: float | None = None
+    inactive_seconds: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -139,6 +144,10 @@ class JobLaunch:
     # dstack's readiness probes of a service replica: [{"type": "http", "url", "interval", "timeout",
     # "ready_after", ...}]; the provider runs them and reports each poll's outcome (``probes_passing``).
     probes: list = dataclasses.field(default_factory=list)
+    # The image to run (None: the driver's default) and the rest of what dstack's file says about the
+    # workload (python, entrypoint, ports, files, repos, registry_auth, model...: ``runs.workload``).
+    image: str | None = None
+    workload: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,12 +249,25 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def create_instance(self, *, name: str, offer: Offer, tags: dict[str, str] | None = None,
-                        client_token: str = "") -> str:
+                        client_token: str = "", placement_group: str = "") -> str:
         """Launch an instance named ``name``, tagged with ``tags``; return the provider instance id.
 
         Idempotent on ``client_token``: a second call with a token already used returns the
         instance the first call made (as EC2's ClientToken does) instead of launching another.
+        ``placement_group`` (a name ``create_placement_group`` returned) puts it in that group; it
+        is only ever passed to drivers whose ``create_placement_group`` made one.
         """
+
+    def create_placement_group(self, *, region: str, name: str) -> str:
+        """Make the cluster placement group ``name`` in ``region`` (fast interconnect between the
+        instances launched into it; ``placement: cluster`` fleets) and return its name. Idempotent:
+        a group of that name that exists already is the answer. Drivers whose provider has no such
+        thing answer "" (the default), and instances are then created without a group."""
+        return ""
+
+    def delete_placement_group(self, *, region: str, name: str) -> None:  # noqa: B027 - optional, empty
+        """Delete the placement group; a no-op if it is gone (or the provider has none). While
+        instances are still in it, ``TransientError``: ask again once they are gone."""
 
     @abc.abstractmethod
     def find_instance(self, *, client_token: str) -> str | None:

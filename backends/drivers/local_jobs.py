@@ -25,6 +25,9 @@ the exit status. A job asked to stop ends ``stopped`` (``failed``, ``interruptio
 instance's termination). A wrapper that died without an exit status, unasked, was killed behind our back
 (``failed``, ``error``) or lost with a restart of the machine (``failed``, ``interruption``). What a
 finished script leaves running in its group is killed, as a container's end would.
+A running job reports neither GPU utilization nor inactivity (``JobState.gpu_utilization`` and
+``inactive_seconds`` stay None: unknown, never idle): there are no per-process GPU figures without
+``nvidia-smi``'s accounting, and no SSH/IDE sessions to count on a local process.
 
 Stopping: SIGTERM to the group, then SIGKILL after a grace period. ``stop_job`` returns once SIGTERM is
 sent and records the deadline (``STOP_GRACE_SECONDS``, 10 s); a later poll or stop past it sends SIGKILL.

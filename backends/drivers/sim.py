@@ -12,13 +12,20 @@ docstring lists the volume guarantees and the volume faults (``stuck_detach``, `
 * A workload starts only if every network volume it mounts (a mount with ``volume_id``) is attached
   to its instance and not being detached; else ``FatalError``. Its mounts are kept on ``SimJob``.
 * Job scripts: commands are split on ``&&``, ``;`` and newlines and run in order. ``sleep N``
-  takes N seconds, ``exit K`` ends the script with status K; every other command takes no time.
+  takes N seconds, ``exit K`` ends the script with status K, ``sleep infinity`` never ends (a dev
+  environment's job: its init, then until stopped); every other command takes no time.
   A script with neither runs until stopped; one with sleeps and no exit ends with status 0.
 * A failed workload says why (``JobState.failure``): ``interruption`` when its instance went away,
   ``error`` when it exited with an error or crashed. A workload launched with probes reports on each
   poll whether they pass (``probes_passing``): they do, unless a ``probe_fail`` fault names the job.
+* A running job reports no GPU utilization and no inactivity (None: the sim cannot tell) unless told:
+  a ``gpu_utilization`` fault sets the mean GPU utilization (%) it reports, an ``inactive`` fault says
+  nobody has been attached to it for ``seconds`` when added, and the count grows with time from then
+  on. The latest fault naming the job wins; clearing them goes back to None.
 * Faults are read on every call, so adding or clearing one takes effect at once. Besides the volume
   faults, ``no_capacity`` may be limited to one ``availability_zone`` (instance creates only).
+* Cluster placement groups follow EC2's rules (``sim_placement``'s docstring): one zone per group,
+  no deletion while an instance is in it.
 * Resources keep the tags they were created with; ``list_tagged_resources`` lists the live ones
   tagged ``stackyard-managed=true`` (created without tags, they are someone else's).
 * Each write is one autocommit statement, a compare-and-swap where two callers could race: the
@@ -53,6 +60,7 @@ from backends.drivers.base import (
     managed_tags,
 )
 from backends.drivers.sim_calls import _new_id, _sim_call
+from backends.drivers.sim_placement import SimPlacementGroups
 from backends.drivers.sim_volumes import SimVolumes
 from backends.sim_models import (
     SimFault,
@@ -69,6 +77,10 @@ LIVE_INSTANCE_STATES = (SimInstanceState.PROVISIONING, SimInstanceState.RUNNING)
 _SEPARATOR = re.compile(r"&&|;|\n")
 _SLEEP = re.compile(r"sleep\s+(\d+(?:\.\d*)?|\.\d+)")
 _EXIT = re.compile(r"exit\s+(-?\d+)")
+_SLEEP_FOREVER = re.compile(r"sleep\s+inf(inity)?")  # what a dev environment's job ends with
+# Fault kinds that set what a running job reports (sim_catalogue.FAULT_SCHEMAS has their keys).
+GPU_UTILIZATION_FAULT = "gpu_utilization"
+INACTIVE_FAULT = "inactive"
 
 
 def plan_script(commands: list[str]) -> tuple[float | None, int | None]:
@@ -79,6 +91,8 @@ def plan_script(commands: list[str]) -> tuple[float | None, int | None]:
             return duration, int(match.group(1)) % 256  # a shell keeps the low byte
         if match := _SLEEP.fullmatch(part):
             duration, slept = duration + float(match.group(1)), True
+        if _SLEEP_FOREVER.fullmatch(part):
+            return None, None
     return (duration, 0) if slept else (None, None)
 
 
@@ -92,7 +106,7 @@ def _mount_problem(launch: JobLaunch, attached: dict[str, str]) -> str:
     return ""
 
 
-class SimDriver(SimVolumes, Driver):
+class SimDriver(SimPlacementGroups, SimVolumes, Driver):
     """The driver of ``sim`` backends; see the module docstring for the simulated behaviour."""
 
     type_name = "sim"
@@ -122,7 +136,9 @@ class SimDriver(SimVolumes, Driver):
         # One query per call for every kind: a call may consult several (api_errors, interrupt...).
         faults: dict[str, list[dict]] = {}
         for fault in SimFault.objects.filter(backend_id=self.backend.pk).order_by("id"):
-            faults.setdefault(fault.kind, []).append(fault.params)
+            # An inactivity count grows from the moment its fault was added.
+            params = {**fault.params, "added_at": fault.created_at} if fault.kind == INACTIVE_FAULT else fault.params
+            faults.setdefault(fault.kind, []).append(params)
         self._call_faults = faults
 
     def _faults(self, kind: str) -> list[dict]:
@@ -170,7 +186,7 @@ class SimDriver(SimVolumes, Driver):
 
     @_sim_call
     def create_instance(self, *, name: str, offer: Offer, tags: dict[str, str] | None = None,
-                        client_token: str = "") -> str:
+                        client_token: str = "", placement_group: str = "") -> str:
         if client_token and (existing := self._instance_by_token(client_token)) is not None:
             return existing
         if offer.instance_type not in {t["name"] for t in self.settings["instance_types"]}:
@@ -181,12 +197,15 @@ class SimDriver(SimVolumes, Driver):
         if any(f["region"] == offer.region and f.get("availability_zone", zone) == zone
                for f in self._faults(SimFaultKind.NO_CAPACITY)):
             raise NoCapacityError(f"no capacity for {offer.instance_type} in {zone} (no_capacity fault)")
+        if placement_group and (problem := self._placement_problem(placement_group, offer)):
+            raise FatalError(problem)
         try:
             with transaction.atomic():
                 instance = SimInstance.objects.create(
                     backend_id=self.backend.pk, instance_id=_new_id("i"), client_token=client_token,
                     tags=dict(tags or {}), name=name, region=offer.region, availability_zone=offer.availability_zone,
                     instance_type=offer.instance_type, spot=offer.spot, price=offer.price,
+                    placement_group=placement_group,
                 )
         except IntegrityError:  # a concurrent create with the same token won: its instance is ours
             return self._instance_by_token(client_token)
@@ -298,6 +317,7 @@ class SimDriver(SimVolumes, Driver):
                     job_name=launch.job_name,
                     instance_id=launch.instance_id, commands=list(launch.commands), env=dict(launch.env),
                     mounts=list(launch.mounts), probes=list(launch.probes),
+                    image=launch.image or "", workload=dict(launch.workload),
                     started_at=now, exit_status=exit_status,
                     finishes_at=None if duration is None else now + datetime.timedelta(seconds=duration),
                 ))
@@ -364,7 +384,9 @@ class SimDriver(SimVolumes, Driver):
         if job.state == SimJobState.RUNNING:
             outcome = self._outcome(job, instances)
             if outcome is None:
-                return JobState(SimJobState.RUNNING.value, None, probes_passing=self._probes_passing(job))
+                return JobState(SimJobState.RUNNING.value, None, probes_passing=self._probes_passing(job),
+                                gpu_utilization=self._gpu_utilization(job),
+                                inactive_seconds=self._inactive_seconds(job))
             status, exit_status, message, failure = outcome
             SimJob.objects.filter(pk=job.pk, state=SimJobState.RUNNING).update(
                 state=status, exit_status=exit_status, message=message, failure=failure, ended_at=timezone.now()
@@ -377,6 +399,19 @@ class SimDriver(SimVolumes, Driver):
         if not job.probes:
             return None
         return not any(f["job"] == job.job_name for f in self._faults(SimFaultKind.PROBE_FAIL))
+
+    def _gpu_utilization(self, job: SimJob) -> float | None:
+        """The mean GPU utilization (%) the latest ``gpu_utilization`` fault naming the job sets, else None."""
+        mine = [f for f in self._faults(GPU_UTILIZATION_FAULT) if f["job"] == job.job_name]
+        return float(mine[-1]["percent"]) if mine else None
+
+    def _inactive_seconds(self, job: SimJob) -> int | None:
+        """Seconds nobody has been attached, from the latest ``inactive`` fault naming the job, else None."""
+        mine = [f for f in self._faults(INACTIVE_FAULT) if f["job"] == job.job_name]
+        if not mine:
+            return None
+        elapsed = (timezone.now() - mine[-1]["added_at"]).total_seconds()
+        return mine[-1]["seconds"] + max(0, int(elapsed))
 
     def _outcome(self, job: SimJob, instances: dict | None = None) -> tuple[str, int | None, str, str] | None:
         """What ended a running job by now (status, exit status, message, ``JobFailure``), or None if

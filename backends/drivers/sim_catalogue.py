@@ -200,6 +200,15 @@ def _is_instance_name(value) -> bool:
 
 
 MAX_DETACH_POLLS = 1000
+MAX_INACTIVE_SECONDS = 366 * 24 * 3600
+
+
+def _is_percent(value) -> bool:
+    return _is_number(value) and 0 <= value <= 100
+
+
+def _is_inactive_seconds(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INACTIVE_SECONDS
 
 
 def _is_poll_count(value) -> bool:
@@ -223,6 +232,12 @@ FAULT_SCHEMAS: dict[str, dict[str, tuple]] = {
     "probe_fail": {"job": (_is_name, "a job name")},
     "interrupt_instance": {"instance": (_is_name, "an instance name")},
     "api_errors": {"rate": (_is_rate, "a probability, 0 < rate <= 1")},
+    # The running job reports this mean GPU utilization (%) while the fault is there (None without one).
+    "gpu_utilization": {"job": (_is_name, "a job name"), "percent": (_is_percent, "a number 0..100")},
+    # Nobody is attached to the running job: it reports ``seconds`` of inactivity when the fault is added,
+    # growing with time from then on (None without one: the sim has no sessions to count).
+    "inactive": {"job": (_is_name, "a job name"),
+                 "seconds": (_is_inactive_seconds, f"an integer number of seconds 0..{MAX_INACTIVE_SECONDS}")},
     # Adding it plants at once a running, tagged VM the database does not know (sim_faults.add_fault).
     "orphan_instance": {"region": (_is_name, "one of the backend's regions")},
 }

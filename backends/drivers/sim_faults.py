@@ -3,7 +3,8 @@
 Each kind's keys are in ``sim_catalogue.FAULT_SCHEMAS`` (required) and ``OPTIONAL_FAULT_KEYS``; what
 each does is in ``backends.drivers.sim``'s docstring. A fault applies from the next driver call on.
 Kinds: ``stuck_detach``, ``slow_detach``, ``stuck_attach``, ``no_capacity`` (optionally one zone),
-``fail_volume_create``, ``crash_job``, ``interrupt_instance``, ``api_errors``, ``orphan_instance``, ``probe_fail``.
+``fail_volume_create``, ``crash_job``, ``interrupt_instance``, ``api_errors``, ``orphan_instance``, ``probe_fail``,
+and the job reports ``gpu_utilization`` and ``inactive`` (not in ``SimFaultKind``'s choices yet: stored as given).
 """
 
 from django.db import transaction

@@ -1,6 +1,5 @@
 """The apply endpoint: one dstack configuration file (YAML or JSON) creates or updates a resource."""
 
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
@@ -8,13 +7,16 @@ from rest_framework.views import APIView
 
 from configurations.api.serializers import ApplyResultSerializer
 from configurations.apply import apply_configuration
+from configurations.schema import configuration_schema
 from core.api.params import boolean_param
+from core.applying import redact_secrets
 from fleets.api.serializers import FleetSerializer
 from projects.api.base import project_for_request
 from runs.api.serializers import RunSerializer
 from runs.selectors import runs_with_replica_counts
 from volumes.api.serializers import VolumeSerializer
 
+CONFIGURATION_SCHEMA = configuration_schema()
 RESOURCE_SERIALIZERS = {"fleet": FleetSerializer, "volume": VolumeSerializer}
 
 
@@ -36,7 +38,7 @@ class ApplyView(APIView):
     parser_classes = []
 
     @extend_schema(
-        request={"application/yaml": OpenApiTypes.STR, "application/json": OpenApiTypes.OBJECT},
+        request={"application/yaml": CONFIGURATION_SCHEMA, "application/json": CONFIGURATION_SCHEMA},
         parameters=[OpenApiParameter("dry_run", bool, description="say what would change, change nothing")],
         responses={200: ApplyResultSerializer, 202: ApplyResultSerializer},
     )
@@ -47,6 +49,6 @@ class ApplyView(APIView):
                                      user=request.user, dry_run=dry_run)
         changed = not dry_run and result.action != "unchanged"
         data = {"type": result.type, "name": result.name, "action": result.action, "dry_run": dry_run,
-                "changes": result.changes, "plan": result.plan, "spec": result.spec,
+                "changes": redact_secrets(result.changes), "plan": result.plan, "spec": redact_secrets(result.spec),
                 "resource": None if dry_run else _serialize_resource(result)}
         return Response(data, status=status.HTTP_202_ACCEPTED if changed else status.HTTP_200_OK)

@@ -25,7 +25,8 @@ class FleetSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Fleet
-        fields = ["name", "status", "status_message", "spec", "instances", "created_at", "updated_at"]
+        fields = ["name", "status", "status_message", "spec", "cluster_zone", "placement_group", "instances",
+                  "created_at", "updated_at"]
         read_only_fields = fields
 
     def get_instances(self, fleet: Fleet) -> list[str]:

@@ -5,7 +5,7 @@ from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from core.specs import typed_document
+from core.applying import typed_document
 from fleets import services
 from fleets.api.serializers import FleetSerializer, InstanceSerializer
 from fleets.models import Fleet, Instance, InstanceStatus

@@ -7,13 +7,13 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from core.api.params import boolean_param
-from core.specs import typed_document
+from core.applying import typed_document
 from projects.api.base import ProjectScopedViewSet
 from runs import logs, services
 from runs.api.serializers import JobSerializer, RunSerializer, StopSerializer
-from runs.models import Job, Run, RunStatus
+from runs.configuration import parse_run_spec
+from runs.models import Job, Run, RunStatus, RunType
 from runs.selectors import runs_with_replica_counts
-from runs.specs import parse_run_spec
 
 
 class RunFilter(django_filters.FilterSet):
@@ -25,7 +25,7 @@ class RunFilter(django_filters.FilterSet):
 
 
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScopedViewSet):
-    """Runs. ``POST`` takes a dstack task or service configuration (as JSON)."""
+    """Runs. ``POST`` takes a dstack task, service or dev-environment configuration (as JSON)."""
 
     serializer_class = RunSerializer
     filterset_class = RunFilter
@@ -40,7 +40,9 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, ProjectScoped
 
     @extend_schema(request=dict, responses={202: RunSerializer})
     def create(self, request, *args, **kwargs):
-        doc = typed_document(request.data, None)
+        kind = request.data.get("type") if isinstance(request.data, dict) else None
+        # typed_document's default admits tasks and services; a dev environment is a run too.
+        doc = typed_document(request.data, RunType.DEV_ENVIRONMENT if kind == RunType.DEV_ENVIRONMENT else None)
         spec = parse_run_spec(doc)
         result = services.submit_run(project=self.project, spec=spec, user=request.user)
         return self._respond(result.resource, status.HTTP_202_ACCEPTED)

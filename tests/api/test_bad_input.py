@@ -18,7 +18,7 @@ BAD_APPLY = [
     ("just a string", "mapping"),
     ("type: fleet\n", "name"),
     ("name: xx\nnodes: 1\n", "type"),
-    ("type: dev-environment\nname: dev\nide: vscode\n", "dev-environment"),
+    ("type: dev-environment\nname: dev\nide: emacs\n", "ide"),
     ("type: gateway\nname: gw\n", "gateway"),
     ("type: fleet\nname: ff\nnodes: 1\nblocks: 0\n", "blocks"),
     ("type: fleet\nname: ff\nnodes: -1\n", "nodes"),

@@ -10,7 +10,6 @@ from django.core import signals
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, Phase, settings
-from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -65,7 +64,9 @@ def objects(db, project, user, sim_backend):
 
 @pytest.fixture
 def token(user) -> str:
-    return Token.objects.get_or_create(user=user)[0].key
+    from projects.tokens import create_token
+
+    return create_token(user=user, name="schemathesis")[1]
 
 
 @schema.parametrize()

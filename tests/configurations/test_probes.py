@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from core.specs import SpecError
+from runs.configuration import parse_run_spec
 from runs.models import Run
-from runs.specs import parse_run_spec
 
 SERVICE = "type: service\nname: llm\ncommands: [serve]\nport: 8000\n"
 TASK = "type: task\nname: train\ncommands: [train]\n"

@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from core.specs import SpecError
+from runs.configuration import parse_run_spec
 from runs.models import Run
-from runs.specs import parse_run_spec
 
 TASK = "type: task\nname: train\ncommands: [python train.py]\n"
 APPLY = "/api/v1/projects/main/apply/"

@@ -10,10 +10,10 @@ from core.models import Event
 from fleets.blocks import verify_block_counts
 from fleets.models import Instance
 from projects.models import Project
+from runs.configuration import parse_run_spec
 from runs.models import Run
 from runs.placement import place_jobs
 from runs.services import stop_run, submit_run
-from runs.specs import parse_run_spec
 from runs.workloads import process_jobs
 from tests import factories
 from tests.fleets.test_block_accounting import held_blocks

@@ -4,11 +4,12 @@ import io
 
 import pytest
 from django.core.management import CommandError, call_command
-from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from backends.models import Backend
 from ops.bootstrap import bootstrap
-from projects.models import Membership, Project
+from projects.models import ApiToken, Membership, Project
+from projects.tokens import digest_of
 
 pytestmark = pytest.mark.django_db
 
@@ -16,33 +17,42 @@ pytestmark = pytest.mark.django_db
 def _createuser(*args) -> str:
     out = io.StringIO()
     call_command("createuser", *args, stdout=out)
-    return out.getvalue().split()[-1]
+    return out.getvalue()
+
+
+def _works(token: str) -> bool:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client.get("/api/v1/projects/").status_code == 200
 
 
 def test_bootstrap_is_idempotent_and_honours_the_token(monkeypatch):
-    user, token = bootstrap("s3cr3t-admin-token")
-    assert token == "s3cr3t-admin-token" and user.is_superuser
-    again_user, again_token = bootstrap(None)
-    assert (again_user.pk, again_token) == (user.pk, token)  # reused, not replaced
+    admin_token = "s3cr3t-admin-token-" + "x" * 20
+    user, shown = bootstrap(admin_token)
+    assert shown is None and user.is_superuser  # the operator chose it: nothing new to show
+    assert _works(admin_token)
+    again_user, again_shown = bootstrap(admin_token)
+    assert (again_user.pk, again_shown) == (user.pk, None)
+    assert ApiToken.objects.filter(user=user).count() == 1  # found by its hash, not made again
     assert Project.objects.get().name == "main"
     assert sorted(Backend.objects.values_list("name", "type")) == [("local", "local"), ("sim", "sim")]
     assert Membership.objects.get(user=user).role == "admin"
 
 
 def test_createuser_prints_a_working_token_as_the_last_word(api, project):
-    token = _createuser("carol", "--project", "main", "--role", "user")
-    assert Token.objects.get(key=token).user.username == "carol"
-    from rest_framework.test import APIClient
-
+    token = _createuser("carol", "--project", "main", "--role", "user").split()[-1]
+    assert ApiToken.objects.get(digest=digest_of(token)).user.username == "carol"
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     assert [p["name"] for p in client.get("/api/v1/projects/").json()["results"]] == ["main"]
-    assert _createuser("carol") == token  # running it again keeps the token
+    again = _createuser("carol")  # running it again keeps the token and cannot show it (only a hash is stored)
+    assert token not in again and "createtoken carol" in again
+    assert _works(token) and ApiToken.objects.filter(user__username="carol").count() == 1
 
 
 def test_createuser_staff_and_bad_input(project):
-    token = _createuser("ops", "--staff")
-    assert Token.objects.get(key=token).user.is_staff
+    token = _createuser("ops", "--staff").split()[-1]
+    assert ApiToken.objects.get(digest=digest_of(token)).user.is_staff
     with pytest.raises(CommandError):
         call_command("createuser", "dave", "--project", "nowhere", stdout=io.StringIO())
 

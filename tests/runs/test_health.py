@@ -149,8 +149,8 @@ def test_metrics_expose_service_health_and_replicas(fleet, client, api, apply, r
     _poll(reconcile)
     body = client.get("/metrics").content.decode()
     assert "# TYPE stackyard_service_health gauge" in body
-    assert 'stackyard_service_health{project="main",run="llm",health="degraded"} 1' in body
-    assert 'stackyard_service_health{project="main",run="llm",health="healthy"} 0' in body
+    assert 'stackyard_service_health{health="degraded",project="main",run="llm"} 1' in body
+    assert 'stackyard_service_health{health="healthy",project="main",run="llm"} 0' in body
     for state, n in (("desired", 3), ("running", 3), ("ready", 2)):
         assert f'stackyard_service_replicas{{project="main",run="llm",state="{state}"}} {n}' in body
 
@@ -168,4 +168,4 @@ def test_metrics_leave_out_finished_services_and_take_constant_queries(client, p
         factories.RunFactory(project=project, name=f"svc-{i}", type="service", status="running", health="healthy")
     body, five = scrape()
     assert one == five
-    assert 'run="svc-4",health="healthy"} 1' in body and 'run="old"' not in body
+    assert '{health="healthy",project="main",run="svc-4"} 1' in body and 'run="old"' not in body

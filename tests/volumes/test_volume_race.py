@@ -6,11 +6,11 @@ import pytest
 from django.db import connection
 
 from fleets.models import Instance
+from runs.configuration import parse_run_spec
 from runs.jobs import assign_jobs
 from runs.models import Job
 from runs.placement import place_jobs
 from runs.services import submit_run
-from runs.specs import parse_run_spec
 from tests import factories
 from volumes.models import Volume, VolumeAttachment
 

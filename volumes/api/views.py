@@ -4,7 +4,7 @@ from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from core.specs import typed_document
+from core.applying import typed_document
 from projects.api.base import ProjectScopedViewSet
 from volumes import services
 from volumes.api.serializers import AttachmentSerializer, VolumeSerializer

@@ -32,7 +32,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from ops.bootstrap import BootstrapError, bootstrap
+from ops.bootstrap import BootstrapError, bootstrap, check_admin_token
 from ops.server_config import ServerConfigError, apply_at_start
 
 STOP_TIMEOUT = 10.0
@@ -91,6 +91,28 @@ def _public_base_url(host: str, port: int) -> str:
     return f"http://{_address(host, port)}"
 
 
+def fresh_metrics_dir() -> Path:
+    """The children's ``PROMETHEUS_MULTIPROC_DIR`` (``core.metrics``), emptied: samples of processes
+    from an earlier start would otherwise be added to this one's."""
+    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.METRICS_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return folder
+
+
+def _token_lines(base_url: str, new_token: str | None) -> list[str]:
+    """How to call the API as admin. A token is shown only when this start made it: only its hash is stored."""
+    if settings.ADMIN_TOKEN:
+        token, where = "$STACKYARD_ADMIN_TOKEN", "  token:    the value of STACKYARD_ADMIN_TOKEN"
+    elif new_token:
+        token, where = new_token, f"  token:    {new_token}   (new: shown this once, only its hash is stored)"
+    else:
+        token, where = "<token>", ("  token:    admin has one (shown only when made); a new one: "
+                                   ".venv/bin/python manage.py createtoken admin")
+    return [where, f"  try:      curl -H \"Authorization: Token {token}\" {base_url}/api/v1/projects/"]
+
+
 def default_web_workers() -> int:
     return 2 * (os.cpu_count() or 1)
 
@@ -142,11 +164,15 @@ class Command(BaseCommand):
         self.lock = threading.Lock()
         self.web_server = "runserver, --dev" if dev else f"gunicorn, {web_workers} workers"
         quiet = max(0, options["verbosity"] - 1)
+        try:
+            check_admin_token(settings.ADMIN_TOKEN)  # before anything else: a short token is refused at once
+        except BootstrapError as err:
+            raise CommandError(str(err))
         call_command("migrate", interactive=False, verbosity=quiet)
         # The production server has no static file handler of its own: WhiteNoise serves STATIC_ROOT.
         call_command("collectstatic", interactive=False, verbosity=quiet)
         try:
-            _, token = bootstrap(settings.ADMIN_TOKEN)
+            _, new_token = bootstrap(settings.ADMIN_TOKEN)
         except BootstrapError as err:
             raise CommandError(str(err))
         self._apply_server_config()
@@ -158,7 +184,7 @@ class Command(BaseCommand):
         children = self._start(child_commands(host, port, concurrency, celery_loglevel, web_workers=web_workers,
                                               dev=dev))
         try:
-            failed = self._supervise(children, stop, _public_base_url(host, port), token)
+            failed = self._supervise(children, stop, _public_base_url(host, port), new_token)
         finally:
             self._stop(children, stop)
         if failed is not None:
@@ -178,7 +204,8 @@ class Command(BaseCommand):
     # --- children ---------------------------------------------------------------------------
 
     def _start(self, commands: dict[str, list[str]]) -> list[Child]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "STACKYARD_DATA_DIR": str(settings.DATA_DIR)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "STACKYARD_DATA_DIR": str(settings.DATA_DIR),
+               "PROMETHEUS_MULTIPROC_DIR": str(fresh_metrics_dir())}
         log_dir = Path(settings.DATA_DIR) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         preexec = _die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None
@@ -209,7 +236,8 @@ class Command(BaseCommand):
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
 
-    def _supervise(self, children: list[Child], stop: StopRequest, base_url: str, token: str) -> Child | None:
+    def _supervise(self, children: list[Child], stop: StopRequest, base_url: str, new_token: str | None
+                   ) -> Child | None:
         """Wait for a stop request (returns None) or for a child to exit on its own (returns it)."""
         ready = False
         next_probe = 0.0
@@ -218,7 +246,7 @@ class Command(BaseCommand):
                 if not child.running:
                     return None if stop else child
             if not ready and time.monotonic() >= next_probe:
-                ready = self._probe(base_url, token)
+                ready = self._probe(base_url, new_token)
                 next_probe = time.monotonic() + PROBE_INTERVAL
             time.sleep(POLL_INTERVAL)
         return None
@@ -244,7 +272,7 @@ class Command(BaseCommand):
 
     # --- readiness --------------------------------------------------------------------------
 
-    def _probe(self, base_url: str, token: str) -> bool:
+    def _probe(self, base_url: str, new_token: str | None) -> bool:
         try:
             with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as response:
                 health = response.status
@@ -252,11 +280,10 @@ class Command(BaseCommand):
             health = err.code  # the server answers, but something behind it does not
         except (OSError, ValueError):
             return False
-        self._banner(base_url, token, health)
+        self._banner(base_url, new_token, health)
         return True
 
-    def _banner(self, base_url: str, token: str, health: int) -> None:
-        source = "STACKYARD_ADMIN_TOKEN" if settings.ADMIN_TOKEN else "stored in the database; reused on restart"
+    def _banner(self, base_url: str, new_token: str | None, health: int) -> None:
         lines = [
             "",
             "Stackyard is running (Ctrl-C stops web, worker and beat).",
@@ -264,8 +291,7 @@ class Command(BaseCommand):
             f"  admin:    {base_url}/admin/   (user 'admin'; set a password with: "
             "python manage.py changepassword admin)",
             f"  API docs: {base_url}/api/docs/",
-            f"  token:    {token}   ({source})",
-            f"  try:      curl -H 'Authorization: Token {token}' {base_url}/api/v1/projects/",
+            *_token_lines(base_url, new_token),
         ]
         if health != 200:
             lines.append(f"  warning:  {base_url}/healthz answers {health}: the database, the broker or the workers "

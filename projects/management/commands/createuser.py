@@ -1,7 +1,8 @@
-"""``manage.py createuser NAME [--staff] [--project P] [--role user|admin]``: a user and its API token.
+"""``manage.py createuser NAME [--staff] [--project P] [--role user|admin]``: a user and its first API token.
 
-The token is the last word of the output, so scripts can take it with ``| awk '{print $NF}'``.
-Running it again for an existing user adds the membership (or changes the role) and prints the same token.
+For a new user the token is the last word of the output, so scripts can take it with ``| awk '{print $NF}'``.
+Running it again for an existing user adds the membership (or changes the role) and leaves its tokens alone:
+they are stored hashed and cannot be shown again (``manage.py createtoken NAME`` makes another).
 """
 
 from django.contrib.auth import get_user_model
@@ -15,7 +16,8 @@ from projects.services import add_member, create_user
 
 
 class Command(BaseCommand):
-    help = "Create a user (or reuse one), optionally make it a member of a project, and print its API token."
+    help = ("Create a user (or reuse one), optionally make it a member of a project; a new user's first API token "
+            "is printed once.")
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="username")
@@ -44,4 +46,8 @@ class Command(BaseCommand):
         except ServiceError as err:
             raise CommandError(err.detail)
         kind = "staff user" if user.is_staff else "user"
-        self.stdout.write(f"{kind} {user.username}{membership}; token: {key}")
+        if key is None:
+            self.stdout.write(f"{kind} {user.username} exists{membership}; its tokens are unchanged "
+                              f"(a new one: python manage.py createtoken {user.username})")
+        else:
+            self.stdout.write(f"{kind} {user.username}{membership}; token (shown once): {key}")
