@@ -24,6 +24,8 @@ def show_plan(result: dict) -> None:
     console.print(f"[bold]Plan:[/bold] {headline}")
     if action in ("create", "replace"):
         console.print(spec_table(result.get("spec") or {}))
+        for line in offer_lines(result.get("plan")):
+            console.print(line)
     elif action == "update":
         console.print(changes_table(result.get("changes") or {}))
         for line in plan_lines(result.get("plan")):
@@ -46,6 +48,23 @@ def changes_table(changes: dict):
     for field, change in changes.items():
         grid.add_row(field, escape(_value(field, change.get("old"))), escape(_value(field, change.get("new"))))
     return grid
+
+
+def offer_lines(plan: dict | None) -> list[str]:
+    """The cheapest offers that fit a new run, as dstack's plan lists them (or why there are none)."""
+    plan = plan or {}
+    if "offers" not in plan:
+        return []
+    if not plan["offers"]:
+        return ["No offer fits: " + escape("; ".join(plan.get("no_offers") or ["no backend answers"]))]
+    lines = [f"Offers ({plan.get('offers_total', len(plan['offers']))} fit; the cheapest first):"]
+    for n, offer in enumerate(plan["offers"], 1):
+        gpus = offer.get("resources", {}).get("gpus") or []
+        gpu = f"{len(gpus)}x{gpus[0].get('name')}" if gpus else "no GPU"
+        where = f"{offer['region']}/{offer['availability_zone']}"
+        lines.append(f"  {n}. {escape(offer['backend'])} {escape(where)} {escape(offer['instance_type'])} ({gpu}) "
+                     f"{'spot' if offer.get('spot') else 'on-demand'} ${offer['price']:g}/h")
+    return lines
 
 
 def plan_lines(plan: dict | None) -> list[str]:

@@ -10,8 +10,10 @@ from django.utils import timezone
 from core.applying import ApplyResult, spec_changes
 from core.errors import Conflict, InvalidInput
 from core.kicks import kick
+from core.resource_specs import parse_resources
 from core.unique import insert_once
 from fleets.models import Fleet
+from fleets.provisioning import choose_offers
 from fleets.services import check_backend_references
 from projects.models import Project
 from runs.groups import changed_groups, desired_by_group, replica_layout, scaled_down_message, scaling_note
@@ -78,6 +80,7 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
         result = ApplyResult(type=spec["type"], name=spec["name"], action="replace" if existing else "create",
                              spec=spec, plan={"next_triggered_at": at.isoformat()} if at else None)
         if dry_run:
+            result.plan = {**(result.plan or {}), **offers_plan(project, spec)}
             return result
         if existing is not None:
             existing.delete()
@@ -92,6 +95,27 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
             record_run_event(run, "scaling", note, actor=actor)
         result.resource = run
         return result
+
+
+PLAN_OFFERS = 5
+
+
+def offers_plan(project: Project, spec: dict) -> dict:
+    """What ``dstack apply`` shows before a new run: the cheapest offers of the project's backends that fit
+    its resources and filters (``offers``, at most PLAN_OFFERS; ``offers_total``), and why none do
+    (``no_offers``). Only a dry run asks: the providers are not called on every submission."""
+    # Any instance a backend offers, as an elastic fleet would take it; the run's own needs and filters
+    # are then applied as placement applies them (the job must fit the instance, not equal it).
+    anything = {"resources": parse_resources({"cpu": "1..", "memory": "0GB.."}), "blocks": "auto",
+                "backends": spec.get("backends"), "spot_policy": "auto"}
+    offers, reasons, _ = choose_offers(project_id=project.pk, fleet_spec=anything, run_spec=spec)
+    plan = {"offers": [{"backend": backend.name, "instance_type": offer.instance_type, "region": offer.region,
+                        "availability_zone": offer.availability_zone, "resources": offer.resources,
+                        "spot": offer.spot, "price": offer.price} for backend, offer, _ in offers[:PLAN_OFFERS]],
+            "offers_total": len(offers)}
+    if not offers:
+        plan["no_offers"] = reasons
+    return plan
 
 
 def create_run_jobs(run: Run, *, submission_num: int = 0) -> None:

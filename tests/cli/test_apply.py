@@ -37,6 +37,8 @@ def test_dry_run_shows_the_plan_and_creates_nothing(cli, write, stack):
     assert result.exit_code == 0, result.output
     assert "Plan: will create task 'cli-dry'" in result.output
     assert "gpu=A100:2" in result.output and "python train.py" in result.output
+    # The sim's cheapest offer with two A100s, as dstack's plan lists offers.
+    assert "fit; the cheapest first" in result.output and "gpu-a100-8 (8xA100)" in result.output
     assert api_get(stack, "runs/cli-dry/")[0] == 404
 
 
