@@ -71,12 +71,17 @@ def run_apply(client: Client, path: Path, *, yes: bool, detach: bool, dry_run: b
         return EXIT_OK
     result = client.post("apply/", body)
     kind, name = result["type"], result["name"]
-    console.print(f"{kind} '{escape(name)}': {PAST_TENSE.get(result['action'], result['action'])}")
-    if detach:
+    # Once applied, Ctrl-C only ever stops the following, even one that comes before it starts.
+    try:
+        console.print(f"{kind} '{escape(name)}': {PAST_TENSE.get(result['action'], result['action'])}")
+        if detach:
+            return EXIT_OK
+        if kind in RUN_TYPES:
+            return follow_run(client, name, timeout=timeout)
+        return follow_resource(client, kind, name, timeout=timeout)
+    except KeyboardInterrupt:
+        console.print(f"Stopped following; {kind} '{escape(name)}' goes on")
         return EXIT_OK
-    if kind in RUN_TYPES:
-        return follow_run(client, name, timeout=timeout)
-    return follow_resource(client, kind, name, timeout=timeout)
 
 
 def confirm(question: str) -> bool:
