@@ -27,6 +27,7 @@ from core.kicks import kick
 from core.models import Event
 from core.transitions import compare_and_swap
 from runs.models import Job, Run, RunStatus, RunTerminationReason
+from runs.submissions import run_jobs
 
 # A stop that ends a scheduled run for good; any other ending (done, failed, a server-side stop such
 # as max_duration) waits for the next time.
@@ -95,9 +96,6 @@ def trigger_due_runs(*, run_ids=None, limit: int = BATCH_SIZE) -> list[int]:
     Two workers at once trigger a run once: the due rows are locked and read again under the lock
     (``SKIP LOCKED``: a worker takes the others, never waits), so a run triggered or stopped meanwhile
     is no longer due. On SQLite the transaction takes the write lock at once, which serializes them."""
-    # Imported here: runs.services imports runs.jobs, which re-arms runs through this module.
-    from runs.services import run_jobs
-
     now = timezone.now()
     with transaction.atomic():
         due = Run.objects.filter(status=RunStatus.PENDING, next_triggered_at__lte=now)

@@ -16,7 +16,7 @@ from fleets.models import Fleet
 from fleets.provisioning import choose_offers
 from fleets.services import check_backend_references
 from projects.models import Project
-from runs.groups import changed_groups, desired_by_group, replica_layout, scaled_down_message, scaling_note
+from runs.groups import changed_groups, desired_by_group, scaled_down_message, scaling_note
 from runs.jobs import record_run_event, request_jobs_stop, start_run_termination
 from runs.models import (
     RUN_FINISHED_STATES,
@@ -29,6 +29,7 @@ from runs.models import (
     RunType,
 )
 from runs.schedules import end_schedule, next_trigger, waiting_message
+from runs.submissions import job_name, run_jobs
 from volumes.models import AttachmentStatus, Volume, VolumeAttachment, VolumeStatus
 from volumes.services import request_detach
 
@@ -52,10 +53,6 @@ def _check_references(project: Project, spec: dict) -> None:
         if missing:
             raise InvalidInput(f"volumes[{i}].name: no volume named {', '.join(map(repr, missing))} in project "
                                f"'{project.name}'", field=f"volumes[{i}].name")
-
-
-def job_name(run_name: str, job_num: int, replica_num: int) -> str:
-    return f"{run_name}-{job_num}-{replica_num}"
 
 
 def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False) -> ApplyResult:
@@ -123,16 +120,6 @@ def create_run_jobs(run: Run, *, submission_num: int = 0) -> None:
     makes the first; each trigger of a schedule the next (``runs.schedules``, many runs at once)."""
     Job.objects.bulk_create(run_jobs(run, submission_num=submission_num))
     kick("runs.place_jobs")
-
-
-def run_jobs(run: Run, *, submission_num: int = 0) -> list[Job]:
-    """The (unsaved) jobs of one submission of a run: one per node per replica."""
-    return [
-        Job(project_id=run.project_id, run=run, name=job_name(run.name, node, replica), replica_num=replica,
-            job_num=node, submission_num=submission_num, group=group)
-        for replica, group in replica_layout(run.spec)  # numbered in a row, group after group
-        for node in range(int(run.spec.get("nodes") or 1))
-    ]
 
 
 # Fields that running jobs read from the run as they go (retry, timeouts), or that only count
