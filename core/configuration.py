@@ -49,7 +49,7 @@ class ConfigurationModel(BaseModel):
     """A part of a configuration file: unknown fields are refused by name, types are not coerced
     (YAML already gives booleans, numbers and strings), and the input never ends up in a message."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True, populate_by_name=False)
+    model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
 
 
 def _join(loc: str, sub: str) -> str:

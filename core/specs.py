@@ -83,12 +83,6 @@ def check_keys(doc: dict, field: str, supported: Iterable[str], unsupported: Ite
         raise SpecError(subfield(field, key), f"unknown field '{key}'")
 
 
-def check_type(doc: dict, expected: str) -> None:
-    """Reject a document whose ``type`` is present but is not ``expected``."""
-    if "type" in doc and doc["type"] != expected:
-        raise SpecError("type", f"expected '{expected}', got {doc['type']!r}")
-
-
 def require(doc: dict, key: str, field: str | None = None) -> object:
     """Return ``doc[key]``, raising SpecError when it is absent or null."""
     if doc.get(key) is None:
@@ -381,14 +375,3 @@ def pick_alias(doc: dict, key: str, alias: str, field: str = "") -> str:
     if doc.get(key) is not None and doc.get(alias) is not None:
         raise SpecError(subfield(field, alias), f"give only one of '{key}' and '{alias}'")
     return alias if doc.get(alias) is not None else key
-
-
-def parse_placement(doc: dict) -> dict:
-    """The offer filters shared by fleets and runs: backends, regions, zones, instance types, spot, price."""
-    result = {}
-    for key in ("backends", "regions", "availability_zones", "instance_types"):
-        result[key] = None if doc.get(key) is None else parse_string_list(doc[key], key)
-    spot = doc.get("spot_policy")
-    result["spot_policy"] = "on-demand" if spot is None else parse_choice(spot, "spot_policy", SPOT_POLICIES)
-    result["max_price"] = None if doc.get("max_price") is None else parse_price(doc["max_price"], "max_price")
-    return result

@@ -33,8 +33,8 @@ from core.specs import (
     short_repr,
     subfield,
 )
+from runs.specs import MAX_REPLICAS  # a service's replicas in all, and any group's maximum
 
-MAX_REPLICAS = 1000  # a service's replicas in all (README "Limits"), and any group's maximum
 MAX_GROUPS = 100
 GROUP_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")  # dstack's rule; Job.group holds 40 characters
 GROUP_FIELDS = ("name", "replicas", "count", "scaling", "resources", "spot_policy", "reservation", "commands",
@@ -296,11 +296,6 @@ def _check_total(total: int, field: str) -> None:
                                "scale a service up from zero, so give a minimum of 1 or more")
     if total > MAX_REPLICAS:
         raise SpecError(field, f"at most {MAX_REPLICAS} replicas in all, got {total}")
-
-
-def has_groups(doc: dict) -> bool:
-    """Whether a service document gives replica groups (then it has no top-level ``commands``)."""
-    return doc.get("groups") is not None or isinstance(doc.get("replicas"), list)
 
 
 # --- reading a normalized spec ---------------------------------------------------------------------

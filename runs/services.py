@@ -76,23 +76,30 @@ def submit_run(*, project: Project, spec: dict, user=None, dry_run: bool = False
         at = next_trigger(spec, timezone.now())  # a scheduled run waits, pending, for its first time
         result = ApplyResult(type=spec["type"], name=spec["name"], action="replace" if existing else "create",
                              spec=spec, plan={"next_triggered_at": at.isoformat()} if at else None)
-        if dry_run:
-            result.plan = {**(result.plan or {}), **offers_plan(project, spec)}
+        if not dry_run:
+            result.resource = _create_run(project=project, spec=spec, user=user, replaces=existing, at=at,
+                                          actor=actor)
             return result
-        if existing is not None:
-            existing.delete()
-        with insert_once(Run.objects.filter(project=project, name=spec["name"]), f"run '{spec['name']}'"):
-            run = Run.objects.create(project=project, name=spec["name"], type=spec["type"], spec=spec, user=user,
-                                     status_message=waiting_message(at) if at else "waiting for placement",
-                                     status=RunStatus.PENDING if at else RunStatus.SUBMITTED, next_triggered_at=at)
-        if at is None:
-            create_run_jobs(run)
-        record_run_event(run, "submitted", f"next run at {at.isoformat()}" if at else "", actor=actor)
-        if note := scaling_note(spec):  # a range of replicas runs its minimum: said once, where users look
-            record_run_event(run, "scaling", note, actor=actor)
-        result.resource = run
-        return result
+    # A dry run of a new run asks the providers for offers: after the transaction, never holding the row lock.
+    result.plan = {**(result.plan or {}), **offers_plan(project, spec)}
+    return result
 
+
+def _create_run(*, project: Project, spec: dict, user, replaces: Run | None, at, actor: str) -> Run:
+    """The run row (replacing a finished one of the same name), its first jobs unless it waits for its
+    schedule, and its events; inside ``submit_run``'s transaction."""
+    if replaces is not None:
+        replaces.delete()
+    with insert_once(Run.objects.filter(project=project, name=spec["name"]), f"run '{spec['name']}'"):
+        run = Run.objects.create(project=project, name=spec["name"], type=spec["type"], spec=spec, user=user,
+                                 status_message=waiting_message(at) if at else "waiting for placement",
+                                 status=RunStatus.PENDING if at else RunStatus.SUBMITTED, next_triggered_at=at)
+    if at is None:
+        create_run_jobs(run)
+    record_run_event(run, "submitted", f"next run at {at.isoformat()}" if at else "", actor=actor)
+    if note := scaling_note(spec):  # a range of replicas runs its minimum: said once, where users look
+        record_run_event(run, "scaling", note, actor=actor)
+    return run
 
 PLAN_OFFERS = 5
 

@@ -79,25 +79,6 @@ def check_network_mounts(nodes: int, mounts: list[dict]) -> None:
                                    "('/instance/path:/path') are fine")
 
 
-def _off_duration(value: object, field: str) -> int | None:
-    """A duration that defaults to off (None)."""
-    return None if value is None else parse_duration(value, field, allow_off=True)
-
-
-def _names(value: object, field: str) -> list[str] | None:
-    if value is None:
-        return None
-    return [parse_name(name, f"{field}[{i}]") for i, name in enumerate(parse_string_list(value, field))]
-
-
-def parse_commands(value: object, field: str = "commands") -> list[str]:
-    """At least one shell command; a single string is one command."""
-    commands = parse_string_list(value, field)
-    if not commands:
-        raise SpecError(field, "must list at least one command")
-    return commands
-
-
 def parse_port(value: object, field: str = "port") -> int:
     """The container port a service listens on: 8000, '8000', or dstack's '80:8000' (the container side counts)."""
     if isinstance(value, dict):

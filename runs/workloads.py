@@ -112,11 +112,7 @@ class Starter(_JobLoop):
         mounts = {job.pk: _mounts(job, mine) for job, mine in ready}
 
         def start(driver, group):
-            launches = [JobLaunch(job_name=job.name, instance_id=job.instance.provider_instance_id,
-                                  commands=_commands(job), env=_env(job),
-                                  client_token=f"stackyard-job-{job.pk}", mounts=mounts[job.pk],
-                                  probes=job.run.spec.get("probes") or [], image=job_spec(job).get("image"),
-                                  workload=job_spec(job).get("workload") or {}) for job in group]
+            launches = [_launch(job, mounts[job.pk]) for job in group]
             return dict(zip((job.pk for job in group), driver.start_jobs(jobs=launches), strict=True))
 
         results.update(self.drivers.ask([job for job, _ in ready], _backend, start))
@@ -222,11 +218,17 @@ def _backend(job: Job):
     return job.instance.backend
 
 
-def _commands(job: Job) -> list[str]:
-    """What the workload runs. A dev environment runs its ``init`` and then stays up until it is stopped
-    (or idle past ``inactivity_duration``): it never ends on its own, as in dstack."""
-    commands = list(job_spec(job).get("commands") or [])
-    return commands + ["sleep infinity"] if job.run.type == RunType.DEV_ENVIRONMENT else commands
+def _launch(job: Job, mounts: list) -> JobLaunch:
+    """What the driver starts for ``job``: its replica group's commands, image and workload (runs.groups).
+    A dev environment runs its ``init`` and then stays up until it is stopped (or idle past
+    ``inactivity_duration``): it never ends on its own, as in dstack."""
+    spec = job_spec(job)
+    commands = list(spec.get("commands") or [])
+    if job.run.type == RunType.DEV_ENVIRONMENT:
+        commands.append("sleep infinity")
+    return JobLaunch(job_name=job.name, instance_id=job.instance.provider_instance_id, commands=commands,
+                     env=_env(job), client_token=f"stackyard-job-{job.pk}", mounts=mounts,
+                     probes=spec.get("probes") or [], image=spec.get("image"), workload=spec.get("workload") or {})
 
 
 def _env(job: Job) -> dict:

@@ -16,7 +16,6 @@ from core.configuration import (
 )
 from core.specs import (
     SpecError,
-    parse_duration,
     parse_size,
     require_mapping,
     short_repr,
@@ -84,10 +83,3 @@ def parse_size_gb(value: object, field: str = "size") -> int:
     if size <= 0 or size != int(size):
         raise SpecError(field, f"must be a positive whole number of GB, got {short_repr(value)}")
     return int(size)
-
-
-def parse_cleanup_duration(value: object, field: str = "auto_cleanup_duration") -> int | None:
-    """Seconds a volume may stay unused before it is deleted (1h, 30m, 3600), at most a year; None
-    (never, the default) for off, -1 or 0, as dstack reads them."""
-    seconds = None if value is None else parse_duration(value, field, allow_off=True)
-    return seconds or None

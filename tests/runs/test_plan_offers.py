@@ -38,3 +38,21 @@ def test_a_real_apply_asks_no_provider(api, sim_backend):
     response = api.post("/api/v1/projects/main/apply/", data="type: task\nname: t1\ncommands: [x]\n",
                         content_type="application/yaml")
     assert response.status_code == 202 and response.json()["plan"] is None
+
+
+def test_the_providers_are_asked_outside_the_runs_transaction(api, sim_backend, monkeypatch):
+    """A dry run holds no row lock (nor any transaction of its own) while a provider answers."""
+    from django.db import connection
+
+    from backends.drivers.sim import SimDriver
+
+    depths, asked = [], SimDriver.offers
+
+    def offers(self):
+        depths.append(len(connection.atomic_blocks))
+        return asked(self)
+
+    monkeypatch.setattr(SimDriver, "offers", offers)
+    test_depth = len(connection.atomic_blocks)  # the test's own transaction, if any
+    plan_of(api, "type: task\nname: t1\ncommands: [x]\n")
+    assert depths and set(depths) == {test_depth}
