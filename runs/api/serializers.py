@@ -1,10 +1,10 @@
-from django.db.models import Count, Q
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.applying import redact_secrets
 from runs.groups import desired_by_group
-from runs.models import Job, JobStatus, JobTerminationReason, Run, RunHealth, RunTerminationReason, RunType
+from runs.models import Job, JobTerminationReason, Run, RunHealth, RunTerminationReason, RunType
+from runs.selectors import group_replica_counts
 
 
 class JobSerializer(serializers.ModelSerializer):
@@ -39,6 +39,16 @@ class ReplicasSerializer(serializers.Serializer):
                                      help_text="per replica group, in the spec's order (only with replica groups)")
 
 
+class RunListSerializer(serializers.ListSerializer):
+    """A page of runs: the replica groups of all its services are counted in one query, not one a run."""
+
+    def to_representation(self, data):
+        runs = list(data.all() if hasattr(data, "all") else data)
+        self.child.context["group_counts"] = group_replica_counts(
+            [run.pk for run in runs if run.type == RunType.SERVICE and run.spec.get("groups")])
+        return super().to_representation(runs)
+
+
 class RunSerializer(serializers.ModelSerializer):
     """A run. Services also show ``replicas`` and ``health``; they are null for tasks and dev environments.
 
@@ -54,6 +64,7 @@ class RunSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Run
+        list_serializer_class = RunListSerializer
         fields = ["name", "type", "status", "status_message", "termination_reason", "replicas", "health", "spec",
                   "submitted_at", "next_triggered_at", "terminating_since", "finished_at", "updated_at"]
         read_only_fields = fields
@@ -70,7 +81,7 @@ class RunSerializer(serializers.ModelSerializer):
         counts = {"desired": run.desired_replicas, "running": getattr(run, "running_replicas", 0),
                   "ready": getattr(run, "ready_replicas", 0)}
         if run.spec.get("groups"):
-            counts["groups"] = _group_counts(run)
+            counts["groups"] = _group_counts(run, self.context.get("group_counts"))
         return counts
 
     @extend_schema_field(serializers.ChoiceField(choices=RunHealth.choices, allow_null=True))
@@ -80,12 +91,10 @@ class RunSerializer(serializers.ModelSerializer):
         return run.health or RunHealth.DOWN  # not derived yet: no replica has run
 
 
-def _group_counts(run: Run) -> list[dict]:
-    """Desired, running and ready replicas of each group: one query, paid only by runs with groups."""
-    running = Q(status=JobStatus.RUNNING)
-    rows = {row["group"]: row for row in run.jobs.filter(running).values("group").annotate(
-        running=Count("replica_num", distinct=True),
-        ready=Count("replica_num", filter=Q(ready=True), distinct=True)).order_by()}
+def _group_counts(run: Run, counted: dict[int, dict] | None) -> list[dict]:
+    """Desired, running and ready replicas of each group. ``counted``: the counts of a whole page of runs
+    (``RunListSerializer``); one query for this run alone otherwise."""
+    rows = (group_replica_counts([run.pk]) if counted is None else counted).get(run.pk, {})
     return [{"name": name, "desired": desired, "running": rows.get(name, {}).get("running", 0),
              "ready": rows.get(name, {}).get("ready", 0)} for name, desired in desired_by_group(run.spec).items()]
 

@@ -201,3 +201,26 @@ def test_changing_one_groups_commands_rolls_that_group_only(fleets, api, apply, 
     assert sorted(_running().values()) == [["serve-llm"]] * 2 + [["serve-web", "--v2"]] * 2
     replaced = Job.objects.filter(run__name="mixed", replica_num__in=(2, 3))
     assert set(replaced.values_list("status", "termination_reason")) == {("terminated", "scaled_down")}
+
+
+def test_the_runs_list_counts_every_services_groups_in_a_constant_number_of_queries(project, api):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests import factories
+
+    def page(n: int) -> tuple[list[dict], int]:
+        for _ in range(n):
+            run = factories.RunFactory(project=project, type="service", status="running", spec={
+                "replicas": 2, "groups": [{"name": "llm", "replicas": 1}, {"name": "web", "replicas": 1}]})
+            factories.JobFactory(run=run, replica_num=0, group="llm", status="running", ready=True)
+            factories.JobFactory(run=run, replica_num=1, group="web", status="running", ready=False)
+        with CaptureQueriesContext(connection) as queries:
+            results = api.get(f"{P}/runs/").json()["results"]
+        return results, len(queries)
+
+    _, few = page(1)
+    many, more = page(4)
+    assert few == more
+    assert {tuple(tuple(g.values()) for g in r["replicas"]["groups"]) for r in many} == {
+        (("llm", 1, 1, 1), ("web", 1, 1, 0))}
