@@ -318,8 +318,10 @@ def record_run_event(run: Run, kind: str, message: str = "", actor: str = "") ->
                  actor=actor)
 
 
-def start_run_termination(*, run: Run, reason: str, message: str = "", actor: str = "") -> bool:
-    """Move an active run to ``terminating`` with ``reason`` and ask every unfinished job to stop."""
+def start_run_termination(*, run: Run, reason: str, message: str = "", actor: str = "",
+                          keep_terminating: bool = False) -> bool:
+    """Move an active run to ``terminating`` with ``reason`` and ask every unfinished job to stop.
+    ``keep_terminating``: a run already terminating keeps its reason (a policy never overrides a stop)."""
     job_reason = {
         RunTerminationReason.STOPPED_BY_USER: JobTerminationReason.STOPPED_BY_USER,
         RunTerminationReason.ABORTED_BY_USER: JobTerminationReason.ABORTED_BY_USER,
@@ -329,7 +331,9 @@ def start_run_termination(*, run: Run, reason: str, message: str = "", actor: st
         RunTerminationReason.ALL_JOBS_DONE: JobTerminationReason.DONE,  # stop_criteria: master-done
     }.get(reason, JobTerminationReason.STOPPED_BY_SERVER)
     with transaction.atomic():
-        moved = compare_and_swap(Run, pk=run.pk, allowed_from=[s for s in RunStatus if s not in RUN_FINISHED_STATES],
+        allowed = [s for s in RunStatus if s not in RUN_FINISHED_STATES
+                   and not (keep_terminating and s == RunStatus.TERMINATING)]
+        moved = compare_and_swap(Run, pk=run.pk, allowed_from=allowed,
                                  to=RunStatus.TERMINATING, termination_reason=reason,
                                  terminating_since=run.terminating_since or timezone.now(),
                                  status_message=message or reason)

@@ -79,10 +79,9 @@ def _stop_if_low_for_window(job: Job, now: datetime) -> bool:
 
 
 def _stop_run(run: Run, reason: str, message: str) -> bool:
-    # ``run`` may be a copy read before a user's stop: a run that is stopping already keeps its reason.
-    if not Run.objects.filter(pk=run.pk, status__in=STOPPABLE_RUN_STATES).exists():
-        return False
-    return start_run_termination(run=run, reason=reason, message=message)
+    # ``run`` may be a copy read before a user's stop: a run that is stopping already keeps its reason,
+    # decided by the one compare-and-swap that moves it.
+    return start_run_termination(run=run, reason=reason, message=message, keep_terminating=True)
 
 
 def enforce_utilization_policies(now: datetime | None = None) -> int:

@@ -172,3 +172,17 @@ def test_a_run_stopped_by_its_policy_ends_terminated(train, api, reconcile):
     assert "below 50%" in run["status_message"]
     job = job_of()
     assert (job.status, job.termination_reason) == ("terminated", "terminated_due_to_utilization_policy")
+
+
+def test_a_run_the_user_is_stopping_keeps_the_users_reason(train, api, reconcile):
+    """A run the user is stopping is not stopped again by the policy: the stop's reason stands."""
+    from runs.models import Run
+    from runs.utilization import enforce_utilization_policies
+
+    utilization(api, 3)
+    reconcile()
+    low_for(601)
+    assert api.post(f"{P}/runs/train/stop/", {"abort": False}, format="json").status_code == 202
+    Run.objects.filter(name="train").update(status="terminating")  # still stopping (its jobs not ended yet)
+    assert enforce_utilization_policies() == 0
+    assert Run.objects.get(name="train").termination_reason == "stopped_by_user"
