@@ -278,3 +278,13 @@ def test_the_openapi_document_carries_the_configuration_models(api):
         by_type["task"]["properties"])
     assert {"inactivity_duration", "ide"} <= set(by_type["dev-environment"]["properties"])
     assert "$ref" not in str(variants)
+
+
+def test_an_updates_changes_never_show_a_registry_password(api, sim_backend):
+    auth = "registry_auth: {username: robot, password: first-pass}"
+    service = SERVICE.replace("gateway: false", f"gateway: false\n{auth}")
+    assert post_yaml(api, service).status_code == 202
+    response = post_yaml(api, service.replace("first-pass", "second-pass"), dry_run=True)
+    assert response.status_code == 200, response.content
+    assert response.json()["changes"]["workload"]["new"]["registry_auth"]["password"] == "********"
+    assert "first-pass" not in response.content.decode() and "second-pass" not in response.content.decode()
